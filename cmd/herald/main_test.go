@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/store/storetest"
+)
+
+// heraldBin is the binary built once for these tests, so they exercise exactly what an
+// operator runs.
+var heraldBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "herald-bin")
+	if err != nil {
+		panic(err)
+	}
+	heraldBin = filepath.Join(dir, "herald")
+	if out, err := exec.Command("go", "build", "-o", heraldBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build herald: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// run runs the herald binary with the given database, stdin and arguments.
+func run(t *testing.T, dsn, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(heraldBin, args...)
+	cmd.Env = append(os.Environ(), "HERALD_DB="+dsn, "HERALD_LOG_LEVEL=warn")
+	cmd.Stdin = strings.NewReader(stdin)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// server is a running `herald serve` child process.
+type server struct {
+	cmd    *exec.Cmd
+	addr   string
+	stdout *bytes.Buffer
+}
+
+func startServer(t *testing.T, dsn string, env ...string) *server {
+	t.Helper()
+	addr := freeAddr(t)
+	cmd := exec.Command(heraldBin, "serve")
+	cmd.Env = append(append(os.Environ(), "HERALD_DB="+dsn, "HERALD_ADDR="+addr, "HERALD_LOG_LEVEL=warn"), env...)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, bufio.NewReader(stderr))
+	s := &server{cmd: cmd, addr: addr, stdout: &stdout}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("herald serve did not answer /healthz on %s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (s *server) stop(t *testing.T) {
+	t.Helper()
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("herald serve did not exit cleanly on SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("herald serve did not stop within 30s of SIGTERM")
+	}
+}
+
+func getJSON(t *testing.T, url, token string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func TestBinaryOnEachEngine(t *testing.T) {
+	for _, eng := range storetest.Engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			dsn := storetest.DSN(t, eng)
+			if out, err := run(t, dsn, "", "migrate"); err != nil || !strings.Contains(out, "migration(s) applied") {
+				t.Fatalf("migrate: %v\n%s", err, out)
+			}
+
+			// First start: the administrator is created and its password printed once.
+			s := startServer(t, dsn)
+			out := s.stdout.String()
+			if !strings.Contains(out, `Created the administrator "admin"`) {
+				t.Fatalf("first start did not print the administrator's password:\n%s", out)
+			}
+			code, health := getJSON(t, "http://"+s.addr+"/healthz", "")
+			if code != 200 || health["database"] != string(eng) {
+				t.Fatalf("healthz = %d %v", code, health)
+			}
+			if code, body := getJSON(t, "http://"+s.addr+"/api/v1/me", ""); code != 401 || body["error"] == nil {
+				t.Fatalf("unauthenticated /me = %d %v", code, body)
+			}
+
+			// Administration commands run beside the server on the same database.
+			if out, err := run(t, dsn, "marie's password\n", "user", "add", "--login", "marie", "--role", "Start deliveries", "--password-stdin"); err != nil {
+				t.Fatalf("user add: %v\n%s", err, out)
+			}
+			if out, err := run(t, dsn, "a long password\n", "user", "add", "--login", "bad", "--role", "Send", "--password-stdin"); err == nil || !strings.Contains(out, `unknown role "Send"`) {
+				t.Fatalf("user add with an unknown role: %v\n%s", err, out)
+			}
+			tok, err := run(t, dsn, "", "token", "create", "--login", "marie")
+			if err != nil {
+				t.Fatalf("token create: %v\n%s", err, tok)
+			}
+			secret := strings.Fields(tok)[0]
+			code, me := getJSON(t, "http://"+s.addr+"/api/v1/me", secret)
+			if code != 200 || me["login"] != "marie" {
+				t.Fatalf("/me with the CLI token = %d %v", code, me)
+			}
+			roles, _ := me["roles"].([]any)
+			if len(roles) != 1 || roles[0] != "Start deliveries" {
+				t.Fatalf("marie's roles = %v", roles)
+			}
+			if code, _ := getJSON(t, "http://"+s.addr+"/api/v1/users", secret); code != 403 {
+				t.Fatalf("marie listing users = %d, want 403", code)
+			}
+			list, err := run(t, dsn, "", "user", "list")
+			if err != nil || !strings.Contains(list, "marie") || !strings.Contains(list, "Administrators") {
+				t.Fatalf("user list: %v\n%s", err, list)
+			}
+			if out, err := run(t, dsn, "", "user", "disable", "--login", "marie"); err != nil {
+				t.Fatalf("user disable: %v\n%s", err, out)
+			}
+			if code, _ := getJSON(t, "http://"+s.addr+"/api/v1/me", secret); code != 401 {
+				t.Fatalf("disabled user's token = %d, want 401", code)
+			}
+			if out, err := run(t, dsn, "", "user", "enable", "--login", "marie"); err != nil {
+				t.Fatalf("user enable: %v\n%s", err, out)
+			}
+			if out, err := run(t, dsn, "", "user", "set-roles", "--login", "marie", "--role", "Export"); err != nil || !strings.Contains(out, "Export") {
+				t.Fatalf("user set-roles: %v\n%s", err, out)
+			}
+			if code, me := getJSON(t, "http://"+s.addr+"/api/v1/me", secret); code != 200 || fmt.Sprint(me["roles"]) != "[Export]" {
+				t.Fatalf("roles after set-roles = %d %v", code, me)
+			}
+			if out, err := run(t, dsn, "", "token", "revoke", "--id", "1"); err != nil {
+				t.Fatalf("token revoke: %v\n%s", err, out)
+			}
+			if code, _ := getJSON(t, "http://"+s.addr+"/api/v1/me", secret); code != 401 {
+				t.Fatalf("revoked token = %d, want 401", code)
+			}
+			s.stop(t)
+
+			// Second start: no new administrator, no password printed.
+			s = startServer(t, dsn)
+			if strings.Contains(s.stdout.String(), "Created the administrator") {
+				t.Fatal("second start created another administrator")
+			}
+			s.stop(t)
+		})
+	}
+}
+
+func TestAdminPasswordFromEnvironment(t *testing.T) {
+	dsn := storetest.DSN(t, store.SQLite)
+	s := startServer(t, dsn, "HERALD_ADMIN_PASSWORD=from the environment")
+	if strings.Contains(s.stdout.String(), "Created the administrator") {
+		t.Fatal("the password from HERALD_ADMIN_PASSWORD was printed")
+	}
+	body := strings.NewReader(`{"login": "admin", "password": "from the environment"}`)
+	resp, err := http.Post("http://"+s.addr+"/api/v1/session", "application/json", body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("login with HERALD_ADMIN_PASSWORD: %v %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+	s.stop(t)
+}
+
+func TestVersionAndBadConfig(t *testing.T) {
+	out, err := run(t, "x.db", "", "version")
+	if err != nil || !strings.HasPrefix(out, "herald ") {
+		t.Fatalf("version: %v %q", err, out)
+	}
+	cmd := exec.Command(heraldBin, "serve")
+	cmd.Env = append(os.Environ(), "HERALD_DB="+filepath.Join(t.TempDir(), "h.db"), "HERALD_PUBLIC_URL=ftp://x")
+	b, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "HERALD_PUBLIC_URL") {
+		t.Fatalf("bad HERALD_PUBLIC_URL: %v %s", err, b)
+	}
+}

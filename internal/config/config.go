@@ -1,0 +1,95 @@
+// Package config reads Herald's settings from HERALD_* environment variables. Command-line
+// flags of the same meaning override them (see cmd/herald). The names are part of Herald's
+// public contract (DESIGN.md §9).
+package config
+
+import (
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+)
+
+// Config is Herald's configuration.
+type Config struct {
+	// Addr is the HTTP listen address (HERALD_ADDR, default 127.0.0.1:8080).
+	Addr string
+	// DB is the database: a SQLite file path or a postgres:// URL (HERALD_DB, default ./herald.db).
+	DB string
+	// PublicURL is the base URL written into links (HERALD_PUBLIC_URL, default http://Addr).
+	PublicURL string
+	// AdminPassword is the first administrator's password (HERALD_ADMIN_PASSWORD); empty: generated.
+	AdminPassword string
+	// SMTPRelays lists outgoing relays (HERALD_SMTP_RELAYS); empty: capture mode.
+	SMTPRelays string
+	// BounceAddr is the inbound SMTP listener for bounces (HERALD_BOUNCE_ADDR); empty: off.
+	BounceAddr string
+	// BounceDomain is the return-path domain (HERALD_BOUNCE_DOMAIN).
+	BounceDomain string
+	// LogLevel is debug, info, warn or error (HERALD_LOG_LEVEL, default info).
+	LogLevel string
+	// LogFormat is text or json (HERALD_LOG_FORMAT, default text).
+	LogFormat string
+}
+
+// FromEnv reads the configuration from the environment, with defaults.
+func FromEnv() Config {
+	c := Config{
+		Addr:          env("HERALD_ADDR", "127.0.0.1:8080"),
+		DB:            env("HERALD_DB", "./herald.db"),
+		PublicURL:     os.Getenv("HERALD_PUBLIC_URL"),
+		AdminPassword: os.Getenv("HERALD_ADMIN_PASSWORD"),
+		SMTPRelays:    os.Getenv("HERALD_SMTP_RELAYS"),
+		BounceAddr:    os.Getenv("HERALD_BOUNCE_ADDR"),
+		BounceDomain:  os.Getenv("HERALD_BOUNCE_DOMAIN"),
+		LogLevel:      env("HERALD_LOG_LEVEL", "info"),
+		LogFormat:     env("HERALD_LOG_FORMAT", "text"),
+	}
+	return c
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// Check fills derived defaults and reports the first setting that is not valid, naming it.
+func (c *Config) Check() error {
+	if c.PublicURL == "" {
+		c.PublicURL = "http://" + c.Addr
+	}
+	u, err := url.Parse(c.PublicURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("HERALD_PUBLIC_URL %q is not an http(s) URL", c.PublicURL)
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if _, err := c.Level(); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("HERALD_LOG_FORMAT %q is not text or json", c.LogFormat)
+	}
+	return nil
+}
+
+// Level returns the slog level named by LogLevel.
+func (c Config) Level() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return 0, fmt.Errorf("HERALD_LOG_LEVEL %q is not debug, info, warn or error", c.LogLevel)
+	}
+	return l, nil
+}
+
+// Logger returns the logger the configuration asks for, writing to stderr.
+func (c Config) Logger() *slog.Logger {
+	level, _ := c.Level()
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

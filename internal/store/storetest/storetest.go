@@ -1,0 +1,99 @@
+// Package storetest gives tests a fresh, migrated Herald database on every engine.
+//
+// SQLite databases live in the test's temporary folder. PostgreSQL tests run when
+// HERALD_TEST_POSTGRES_URL names a database the tests may write to (CI always sets it); each
+// test gets its own schema, dropped when the test ends, so packages can run in parallel
+// against one server.
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/heraldhq/herald/internal/store"
+)
+
+// PostgresURLEnv is the variable naming the PostgreSQL database tests may use.
+const PostgresURLEnv = "HERALD_TEST_POSTGRES_URL"
+
+// Engines returns the engines this test run covers: SQLite always, PostgreSQL when
+// HERALD_TEST_POSTGRES_URL is set.
+func Engines() []store.Engine {
+	if os.Getenv(PostgresURLEnv) == "" {
+		return []store.Engine{store.SQLite}
+	}
+	return []store.Engine{store.SQLite, store.Postgres}
+}
+
+// Each runs fn as a subtest, named for the engine, once per engine of Engines, each with a
+// fresh migrated database.
+func Each(t *testing.T, fn func(t *testing.T, db *store.DB)) {
+	t.Helper()
+	for _, eng := range Engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			fn(t, New(t, eng))
+		})
+	}
+}
+
+// New returns a fresh, migrated database of the given engine, closed when the test ends.
+func New(t testing.TB, eng store.Engine) *store.DB {
+	t.Helper()
+	dsn := DSN(t, eng)
+	db, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("open %s test database: %v", eng, err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.Migrate(context.Background()); err != nil {
+		t.Fatalf("migrate %s test database: %v", eng, err)
+	}
+	return db
+}
+
+// DSN returns the data source name of a fresh, empty database of the given engine, for tests
+// that open it themselves (a child process, a second node). A PostgreSQL schema made for it
+// is dropped when the test ends.
+func DSN(t testing.TB, eng store.Engine) string {
+	t.Helper()
+	if eng == store.SQLite {
+		return filepath.Join(t.TempDir(), "herald.db")
+	}
+	base := os.Getenv(PostgresURLEnv)
+	if base == "" {
+		t.Skipf("%s is not set; skipping the PostgreSQL run", PostgresURLEnv)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "t_" + hex.EncodeToString(b[:])
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatalf("open %s: %v", PostgresURLEnv, err)
+	}
+	defer admin.Close()
+	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
+		t.Fatalf("create test schema in %s: %v", PostgresURLEnv, err)
+	}
+	t.Cleanup(func() {
+		a, err := sql.Open("pgx", base)
+		if err != nil {
+			return
+		}
+		defer a.Close()
+		_, _ = a.Exec("DROP SCHEMA " + schema + " CASCADE")
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("parse %s: %v", PostgresURLEnv, err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
