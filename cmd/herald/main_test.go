@@ -239,3 +239,33 @@ func TestVersionAndBadConfig(t *testing.T) {
 		t.Fatalf("bad HERALD_PUBLIC_URL: %v %s", err, b)
 	}
 }
+
+func TestBounceClassify(t *testing.T) {
+	out, err := run(t, "x.db", "", "bounce", "classify", "../../internal/bounce/testdata/dsn-postfix.eml", "../../internal/bounce/testdata/arf.eml")
+	if err != nil {
+		t.Fatalf("bounce classify: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var hard, complaint bool
+	for _, l := range lines {
+		var rec struct {
+			File, Recipient, Status, Reason string
+			Hard                            *bool
+		}
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatalf("not a JSON line: %q", l)
+		}
+		if strings.HasSuffix(rec.File, "dsn-postfix.eml") && rec.Hard != nil && *rec.Hard && rec.Reason == "userunknown" {
+			hard = true
+		}
+		if strings.HasSuffix(rec.File, "arf.eml") && rec.Hard == nil && rec.Reason == "feedback" {
+			complaint = true
+		}
+	}
+	if !hard || !complaint {
+		t.Fatalf("classify output lacks the hard bounce or the complaint:\n%s", out)
+	}
+	if out, err := run(t, "x.db", "", "bounce", "classify", "/no/such/file.eml"); err == nil || !strings.Contains(out, "no such file") {
+		t.Fatalf("missing file: %v %s", err, out)
+	}
+}
