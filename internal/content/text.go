@@ -1,0 +1,364 @@
+package content
+
+import (
+	"bytes"
+	"html"
+	"unicode/utf8"
+)
+
+// The text part, when not written, is derived from each recipient's final HTML at render time
+// rather than from the HTML template at compile time: the derived text then follows the
+// recipient's own conditionals and loops exactly, its links are the tracked ones already, and no
+// template is produced from a translation that unbalanced actions inside tags could break. It
+// costs a single pass over the rendered HTML, which is cheaper than executing a second template.
+
+// wrapColumn is where derived text lines are wrapped (words are never cut).
+const wrapColumn = 76
+
+// blockBreak says how many line breaks an element starts and ends with in derived text.
+var blockBreak = map[string]int{
+	"p": 2, "h1": 2, "h2": 2, "h3": 2, "h4": 2, "h5": 2, "h6": 2, "table": 2, "ul": 2, "ol": 2,
+	"blockquote": 2, "pre": 2, "hr": 2, "dl": 2,
+	"div": 1, "tr": 1, "li": 1, "section": 1, "article": 1, "header": 1, "footer": 1, "center": 1,
+	"dt": 1, "dd": 1, "br": 1, "address": 1, "form": 1, "main": 1, "nav": 1, "aside": 1,
+}
+
+// skippedElements have content that is not text to read.
+var skippedElements = map[string]bool{"script": true, "style": true, "head": true, "title": true, "textarea": true}
+
+// textConverter turns rendered HTML into readable plain text: paragraphs and line breaks kept,
+// list items marked, links written "text (url)", scripts and styles dropped, entities decoded,
+// lines wrapped at wrapColumn. It keeps scratch space between calls.
+type textConverter struct {
+	w       *bytes.Buffer
+	col     int
+	space   bool // a space is due before the next word
+	nl      int  // line breaks due before the next word
+	started bool
+	lists   []int // per open list: 0 for <ul>, else the next <ol> number
+	href    []byte
+	inLink  bool
+	// afterLink puts a space between a link's "(url)" and a following word that is not
+	// punctuation, even when the HTML has none (</a><a>).
+	afterLink bool
+	linkAt    int // offset in w where the link's text starts
+	scratch   []byte
+	tmp       []byte
+	name      [16]byte
+}
+
+func (c *textConverter) convert(w *bytes.Buffer, src []byte) {
+	*c = textConverter{w: w, lists: c.lists[:0], scratch: c.scratch[:0], href: c.href[:0], tmp: c.tmp[:0]}
+	n := len(src)
+	i := 0
+	for i < n {
+		j := bytes.IndexByte(src[i:], '<')
+		if j < 0 {
+			j = n - i
+		}
+		c.text(src[i : i+j])
+		i += j
+		if i >= n {
+			break
+		}
+		rest := src[i:]
+		switch {
+		case bytes.HasPrefix(rest, []byte("<!--")):
+			if end := bytes.Index(rest[4:], []byte("-->")); end >= 0 {
+				i += 4 + end + 3
+			} else {
+				i = n
+			}
+		case bytes.HasPrefix(rest, []byte("<!")) || bytes.HasPrefix(rest, []byte("<?")):
+			i = skipPastBytes(src, i, '>')
+		case bytes.HasPrefix(rest, []byte("</")):
+			name, k := c.tagName(src, i+2)
+			c.endTag(name)
+			i = skipPastBytes(src, k, '>')
+		case len(rest) > 1 && isASCIILetter(rest[1]):
+			name, k := c.tagName(src, i+1)
+			i = c.startTag(src, name, k)
+		default:
+			c.text(rest[:1])
+			i++
+		}
+	}
+	if c.started {
+		w.WriteByte('\n')
+	}
+}
+
+// tagName reads a tag name at src[i:], lower-cased into c.name; the string does not allocate
+// when used as a map key.
+func (c *textConverter) tagName(src []byte, i int) ([]byte, int) {
+	k := 0
+	for i < len(src) && (isASCIILetter(src[i]) || src[i] >= '0' && src[i] <= '9') {
+		if k < len(c.name) {
+			c.name[k] = src[i] | 0x20
+			if src[i] >= '0' && src[i] <= '9' {
+				c.name[k] = src[i]
+			}
+			k++
+		}
+		i++
+	}
+	return c.name[:k], i
+}
+
+func skipPastBytes(s []byte, i int, ch byte) int {
+	if j := bytes.IndexByte(s[i:], ch); j >= 0 {
+		return i + j + 1
+	}
+	return len(s)
+}
+
+func (c *textConverter) startTag(src, name []byte, k int) int {
+	want := ""
+	switch {
+	case string(name) == "a":
+		want = "href"
+	case string(name) == "img":
+		want = "alt"
+	}
+	val, end := scanAttrs(src, k, want, 0)
+	if skippedElements[string(name)] {
+		if close := findClose(src, end, name); close >= 0 {
+			return close
+		}
+		return end
+	}
+	if nb := blockBreak[string(name)]; nb > 0 {
+		c.breakLine(nb)
+	}
+	switch string(name) {
+	case "ul":
+		c.lists = append(c.lists, 0)
+	case "ol":
+		c.lists = append(c.lists, 1)
+	case "li":
+		c.breakLine(1)
+		c.flush()
+		if len(c.lists) > 0 && c.lists[len(c.lists)-1] > 0 {
+			c.put(itoa(c.scratch[:0], c.lists[len(c.lists)-1]))
+			c.put([]byte(". "))
+			c.lists[len(c.lists)-1]++
+		} else {
+			c.put([]byte("- "))
+		}
+		c.space = false
+	case "td", "th":
+		c.space = true
+	case "a":
+		c.href = c.href[:0]
+		if val.start >= 0 {
+			c.href = append(c.href, bytes.TrimSpace(src[val.start:val.end])...)
+		}
+		c.inLink = true
+		c.flushSpaceOnly()
+		c.linkAt = c.w.Len()
+	case "img":
+		if val.start >= 0 {
+			c.text(src[val.start:val.end])
+		}
+	}
+	return end
+}
+
+// findClose returns the offset after the "</name...>" that closes an element opened before i.
+func findClose(src []byte, i int, name []byte) int {
+	for {
+		j := bytes.Index(src[i:], []byte("</"))
+		if j < 0 {
+			return -1
+		}
+		i += j + 2
+		if len(src)-i >= len(name) && equalFoldASCII(src[i:i+len(name)], string(name)) {
+			return skipPastBytes(src, i, '>')
+		}
+	}
+}
+
+func (c *textConverter) endTag(name []byte) {
+	switch string(name) {
+	case "ul", "ol":
+		if len(c.lists) > 0 {
+			c.lists = c.lists[:len(c.lists)-1]
+		}
+	case "a":
+		if c.inLink {
+			c.inLink = false
+			c.linkURL()
+		}
+	}
+	if nb := blockBreak[string(name)]; nb > 0 {
+		c.breakLine(nb)
+	}
+}
+
+// linkURL writes " (url)" after a link's text, unless the text already says it.
+func (c *textConverter) linkURL() {
+	u := c.decode(c.href)
+	if len(u) == 0 || u[0] == '#' || hasPrefixFold(u, "javascript:") {
+		return
+	}
+	text := bytes.TrimSpace(c.w.Bytes()[min(c.linkAt, c.w.Len()):])
+	shown := u
+	if hasPrefixFold(u, "mailto:") {
+		shown = u[len("mailto:"):]
+	}
+	if bytes.Equal(text, u) || bytes.Equal(text, shown) {
+		return
+	}
+	if len(text) == 0 {
+		c.word(u)
+		c.afterLink = true
+		return
+	}
+	c.space = true
+	c.tmp = append(append(append(c.tmp[:0], '('), u...), ')')
+	c.word(c.tmp)
+	c.afterLink = true
+}
+
+func hasPrefixFold(b []byte, prefix string) bool {
+	return len(b) >= len(prefix) && equalFoldASCII(b[:len(prefix)], prefix)
+}
+
+func (c *textConverter) breakLine(n int) {
+	if c.started && n > c.nl {
+		c.nl = n
+	}
+}
+
+// flush writes due line breaks.
+func (c *textConverter) flush() {
+	if c.nl > 0 && c.started {
+		for range c.nl {
+			c.w.WriteByte('\n')
+		}
+		c.col = 0
+		c.space = false
+	}
+	c.nl = 0
+}
+
+// flushSpaceOnly writes a due space or line breaks, so that a link's text starts after them.
+func (c *textConverter) flushSpaceOnly() {
+	if !c.started {
+		return
+	}
+	if c.nl > 0 {
+		c.flush()
+		return
+	}
+	if c.space && c.col > 0 {
+		c.w.WriteByte(' ')
+		c.col++
+		c.space = false
+	}
+}
+
+func (c *textConverter) put(b []byte) {
+	c.w.Write(b)
+	c.col += utf8.RuneCount(b)
+	c.started = true
+}
+
+// text adds a run of HTML text: entities decoded, white space collapsed.
+func (c *textConverter) text(b []byte) {
+	b = c.decode(b)
+	for len(b) > 0 {
+		k := 0
+		for k < len(b) && isSpaceByte(b[k]) {
+			k++
+		}
+		if k > 0 {
+			c.space = true
+			b = b[k:]
+		}
+		e := 0
+		for e < len(b) && !isSpaceByte(b[e]) {
+			e++
+		}
+		if e > 0 {
+			c.word(b[:e])
+			b = b[e:]
+		}
+	}
+}
+
+func isSpaceByte(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' }
+
+func (c *textConverter) word(w []byte) {
+	if c.afterLink && !bytes.ContainsAny(w[:1], ".,;:!?)") {
+		c.space = true
+	}
+	c.afterLink = false
+	if c.nl > 0 && c.started {
+		c.flush()
+	} else if c.space && c.col > 0 {
+		if c.col+1+utf8.RuneCount(w) > wrapColumn {
+			c.w.WriteByte('\n')
+			c.col = 0
+		} else {
+			c.w.WriteByte(' ')
+			c.col++
+		}
+	}
+	c.nl = 0
+	c.space = false
+	c.put(w)
+}
+
+// commonEntities decode without the general decoder; &nbsp; becomes a plain space.
+var commonEntities = map[string]string{
+	"amp": "&", "lt": "<", "gt": ">", "quot": `"`, "apos": "'", "nbsp": " ", "#39": "'", "#34": `"`,
+	"#160": " ", "copy": "©", "reg": "®", "mdash": "—", "ndash": "–", "hellip": "…", "rsquo": "’",
+	"lsquo": "‘", "rdquo": "”", "ldquo": "“", "zwnj": "", "#8203": "", "#847": "",
+}
+
+// decode returns b with entities decoded, in scratch space when it has any.
+func (c *textConverter) decode(b []byte) []byte {
+	if bytes.IndexByte(b, '&') < 0 {
+		return b
+	}
+	out := c.scratch[:0]
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '&')
+		if i < 0 {
+			out = append(out, b...)
+			break
+		}
+		out = append(out, b[:i]...)
+		b = b[i:]
+		semi := bytes.IndexByte(b[:min(len(b), 12)], ';')
+		if semi < 0 {
+			out = append(out, '&')
+			b = b[1:]
+			continue
+		}
+		if s, ok := commonEntities[string(b[1:semi])]; ok {
+			out = append(out, s...)
+		} else {
+			out = append(out, html.UnescapeString(string(b[:semi+1]))...)
+		}
+		b = b[semi+1:]
+	}
+	c.scratch = out
+	// The caller consumes the result before the next decode; copy so later appends to scratch
+	// cannot alias it.
+	return out[:len(out):len(out)]
+}
+
+func itoa(dst []byte, n int) []byte {
+	var buf [20]byte
+	i := len(buf)
+	for n >= 10 {
+		i--
+		buf[i] = byte('0' + n%10)
+		n /= 10
+	}
+	i--
+	buf[i] = byte('0' + n)
+	return append(dst, buf[i:]...)
+}
