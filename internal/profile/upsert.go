@@ -1,0 +1,376 @@
+package profile
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/heraldhq/herald/internal/store"
+)
+
+// An upsert batch: inputs resolved against the stored profiles and against each other, then
+// written in one transaction. Single API writes are batches of one; imports are batches of
+// thousands. Resolution happens inside the transaction that writes, so what it decided is
+// still true when it is written.
+
+// pending is one input line of a batch.
+type pending struct {
+	line int
+	n    normalized
+}
+
+// outcome is what a batch did with each input, in input order.
+type outcome int
+
+const (
+	outCreated outcome = iota + 1
+	outUpdated
+	outUnchanged
+	outRejected
+)
+
+// slot is a profile a batch touches: stored before (id set) or new in this batch.
+type slot struct {
+	p     Profile
+	isNew bool
+	dirty bool
+}
+
+type batchResult struct {
+	outcomes []outcome
+	errs     []error    // per input, for outRejected
+	slots    []*slot    // per input, the profile it resolved to (nil when rejected)
+	inserted []*slot    // new profiles, in order
+	updated  []*slot    // changed stored profiles
+	written  time.Time  // the transaction's time
+	conflict []conflict // matching conflicts, for the caller's messages
+}
+
+type conflict struct {
+	index int
+	field string
+	msg   string
+}
+
+// lookupChunk bounds the IN lists of the lookup queries.
+const lookupChunk = 500
+
+// resolve decides, for each input, which profile it writes and how.
+func resolve(ctx context.Context, tx *sql.Tx, batch []pending, now time.Time) (*batchResult, error) {
+	var keys, exts []string
+	for _, b := range batch {
+		if b.n.emailKey != "" {
+			keys = append(keys, b.n.emailKey)
+		}
+		if b.n.extID != nil && *b.n.extID != "" {
+			exts = append(exts, *b.n.extID)
+		}
+	}
+	byKey := map[string]*slot{}
+	byExt := map[string]*slot{}
+	byID := map[int64]*slot{}
+	load := func(col string, vals []string) error {
+		for start := 0; start < len(vals); start += lookupChunk {
+			chunk := vals[start:min(start+lookupChunk, len(vals))]
+			var q strings.Builder
+			q.WriteString(`SELECT ` + profileColumns + ` FROM profiles WHERE ` + col + ` IN (`)
+			args := make([]any, len(chunk))
+			for i, v := range chunk {
+				if i > 0 {
+					q.WriteByte(',')
+				}
+				q.WriteString("$" + strconv.Itoa(i+1))
+				args[i] = v
+			}
+			q.WriteByte(')')
+			rows, err := tx.QueryContext(ctx, q.String(), args...)
+			if err != nil {
+				return fmt.Errorf("look up profiles: %w", err)
+			}
+			for rows.Next() {
+				p, err := scanProfile(rows)
+				if err != nil {
+					rows.Close()
+					return fmt.Errorf("look up profiles: %w", err)
+				}
+				if byID[p.ID] == nil {
+					byID[p.ID] = &slot{p: p}
+				}
+				s := byID[p.ID]
+				if p.emailKey != "" {
+					byKey[p.emailKey] = s
+				}
+				if p.ExternalID != "" {
+					byExt[p.ExternalID] = s
+				}
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("look up profiles: %w", err)
+			}
+		}
+		return nil
+	}
+	if err := load("email_key", keys); err != nil {
+		return nil, err
+	}
+	if err := load("external_id", exts); err != nil {
+		return nil, err
+	}
+
+	res := &batchResult{outcomes: make([]outcome, len(batch)), errs: make([]error, len(batch)), slots: make([]*slot, len(batch)), written: now}
+	for i, b := range batch {
+		ext := ""
+		if b.n.extID != nil {
+			ext = *b.n.extID
+		}
+		var target *slot
+		if ext != "" {
+			target = byExt[ext]
+		}
+		if b.n.emailKey != "" {
+			other := byKey[b.n.emailKey]
+			switch {
+			case target != nil && other != nil && other != target:
+				res.reject(i, "email", fmt.Errorf("the email %s already belongs to another profile (id %d); the profile with external id %q cannot take it", *b.n.email, other.p.ID, ext))
+				continue
+			case target == nil && other != nil && ext != "" && other.p.ExternalID != "" && other.p.ExternalID != ext:
+				res.reject(i, "external_id", fmt.Errorf("the email %s belongs to the profile with external id %q, not %q", *b.n.email, other.p.ExternalID, ext))
+				continue
+			case target == nil:
+				target = other
+			}
+		}
+		if target == nil {
+			if !b.n.matchable {
+				res.reject(i, "email", fmt.Errorf("a new profile needs an email address or an external id"))
+				continue
+			}
+			p, _ := b.n.apply(Profile{CreatedAt: now, UpdatedAt: now})
+			s := &slot{p: p, isNew: true}
+			res.inserted = append(res.inserted, s)
+			res.outcomes[i], res.slots[i] = outCreated, s
+			index(byKey, byExt, s)
+			continue
+		}
+		merged, changed := b.n.apply(target.p)
+		if !changed {
+			res.outcomes[i], res.slots[i] = outUnchanged, target
+			continue
+		}
+		if merged.emailKey != target.p.emailKey && merged.emailKey != "" {
+			if o := byKey[merged.emailKey]; o != nil && o != target {
+				res.reject(i, "email", fmt.Errorf("the email %s already belongs to another profile (id %d)", merged.Email, o.p.ID))
+				continue
+			}
+			if taken, err := emailTaken(ctx, tx, merged.emailKey, target.p.ID); err != nil {
+				return nil, err
+			} else if taken {
+				res.reject(i, "email", fmt.Errorf("the email %s already belongs to another profile", merged.Email))
+				continue
+			}
+		}
+		if merged.ExternalID != target.p.ExternalID && merged.ExternalID != "" {
+			if o := byExt[merged.ExternalID]; o != nil && o != target {
+				res.reject(i, "external_id", fmt.Errorf("the external id %q already belongs to another profile (id %d)", merged.ExternalID, o.p.ID))
+				continue
+			}
+		}
+		merged.UpdatedAt = now
+		target.p = merged
+		if !target.isNew && !target.dirty {
+			target.dirty = true
+			res.updated = append(res.updated, target)
+		}
+		index(byKey, byExt, target)
+		res.outcomes[i], res.slots[i] = outUpdated, target
+	}
+	return res, nil
+}
+
+func (r *batchResult) reject(i int, field string, err error) {
+	r.outcomes[i], r.errs[i] = outRejected, err
+	r.conflict = append(r.conflict, conflict{index: i, field: field, msg: err.Error()})
+}
+
+func index(byKey, byExt map[string]*slot, s *slot) {
+	if s.p.emailKey != "" {
+		byKey[s.p.emailKey] = s
+	}
+	if s.p.ExternalID != "" {
+		byExt[s.p.ExternalID] = s
+	}
+}
+
+func emailTaken(ctx context.Context, tx *sql.Tx, key string, except int64) (bool, error) {
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM profiles WHERE email_key = $1 AND id <> $2`, key, except).Scan(&n); err != nil {
+		return false, fmt.Errorf("check email: %w", err)
+	}
+	return n > 0, nil
+}
+
+// insertColumns are written for a new profile, in insertValues' order.
+var insertColumns = []string{"email", "email_key", "email_domain", "phone", "push_tokens", "time_zone", "locale",
+	"external_id", "attributes", "opt_out_email", "opt_out_sms", "opt_out_push", "created_at", "updated_at"}
+
+func insertValues(p *Profile) []any {
+	return []any{nullable(p.Email), nullable(p.emailKey), nullable(p.EmailDomain), nullable(p.Phone), jsonText(p.PushTokens),
+		nullable(p.TimeZone), nullable(p.Locale), nullable(p.ExternalID), jsonText(p.Attributes),
+		p.OptOutEmail, p.OptOutSMS, p.OptOutPush, p.CreatedAt.UnixMilli(), p.UpdatedAt.UnixMilli()}
+}
+
+// write stores a resolved batch: new profiles (with their ids filled in when wantIDs) and
+// changed ones.
+func write(ctx context.Context, db *store.DB, conn *sql.Conn, tx *sql.Tx, r *batchResult, wantIDs bool) error {
+	if len(r.inserted) > 0 {
+		var err error
+		switch {
+		case wantIDs:
+			err = insertReturning(ctx, tx, r.inserted)
+		case db.Engine == store.Postgres:
+			err = copyInsert(ctx, conn, r.inserted)
+		default:
+			err = multiInsert(ctx, tx, r.inserted)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(r.updated) > 0 {
+		stmt, err := tx.PrepareContext(ctx, `UPDATE profiles SET email = $1, email_key = $2, email_domain = $3, phone = $4,
+			push_tokens = $5, time_zone = $6, locale = $7, external_id = $8, attributes = $9, opt_out_email = $10,
+			opt_out_sms = $11, opt_out_push = $12, updated_at = $13 WHERE id = $14`)
+		if err != nil {
+			return fmt.Errorf("update profiles: %w", err)
+		}
+		defer stmt.Close()
+		for _, s := range r.updated {
+			v := insertValues(&s.p)
+			if _, err := stmt.ExecContext(ctx, append(append(v[:12:12], v[13]), s.p.ID)...); err != nil {
+				return fmt.Errorf("update profile %d: %w", s.p.ID, err)
+			}
+		}
+	}
+	return nil
+}
+
+func insertReturning(ctx context.Context, tx *sql.Tx, slots []*slot) error {
+	q := `INSERT INTO profiles (` + strings.Join(insertColumns, ", ") + `) VALUES (` + placeholders(0, len(insertColumns)) + `) RETURNING id`
+	for _, s := range slots {
+		if err := tx.QueryRowContext(ctx, q, insertValues(&s.p)...).Scan(&s.p.ID); err != nil {
+			if store.IsUniqueViolation(err) {
+				return fmt.Errorf("a profile with this email or external id was created at the same time; try again: %w", err)
+			}
+			return fmt.Errorf("insert profile: %w", err)
+		}
+		s.isNew = false
+	}
+	return nil
+}
+
+// rowsPerInsert is how many profiles one multi-row INSERT carries on SQLite (14 parameters
+// each, well under SQLite's limit of 32,766).
+const rowsPerInsert = 200
+
+func multiInsert(ctx context.Context, tx *sql.Tx, slots []*slot) error {
+	var full *sql.Stmt
+	defer func() {
+		if full != nil {
+			full.Close()
+		}
+	}()
+	args := make([]any, 0, rowsPerInsert*len(insertColumns))
+	for start := 0; start < len(slots); start += rowsPerInsert {
+		chunk := slots[start:min(start+rowsPerInsert, len(slots))]
+		args = args[:0]
+		for _, s := range chunk {
+			args = append(args, insertValues(&s.p)...)
+		}
+		if len(chunk) == rowsPerInsert {
+			if full == nil {
+				var err error
+				if full, err = tx.PrepareContext(ctx, multiInsertSQL(rowsPerInsert)); err != nil {
+					return fmt.Errorf("insert profiles: %w", err)
+				}
+			}
+			if _, err := full.ExecContext(ctx, args...); err != nil {
+				return fmt.Errorf("insert profiles: %w", err)
+			}
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, multiInsertSQL(len(chunk)), args...); err != nil {
+			return fmt.Errorf("insert profiles: %w", err)
+		}
+	}
+	return nil
+}
+
+func multiInsertSQL(n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO profiles (` + strings.Join(insertColumns, ", ") + `) VALUES `)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		b.WriteString(placeholders(i*len(insertColumns), len(insertColumns)))
+		b.WriteByte(')')
+	}
+	return b.String()
+}
+
+func placeholders(from, n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		if i > 1 {
+			b.WriteByte(',')
+		}
+		b.WriteString("$" + strconv.Itoa(from+i))
+	}
+	return b.String()
+}
+
+// copyInsert writes new profiles with PostgreSQL's COPY, on the connection whose transaction
+// is open, so the rows commit or roll back with it.
+func copyInsert(ctx context.Context, conn *sql.Conn, slots []*slot) error {
+	return conn.Raw(func(dc any) error {
+		pc := dc.(*stdlib.Conn).Conn()
+		rows := make([][]any, len(slots))
+		for i, s := range slots {
+			rows[i] = insertValues(&s.p)
+		}
+		_, err := pc.CopyFrom(ctx, pgx.Identifier{"profiles"}, insertColumns, pgx.CopyFromRows(rows))
+		if err != nil {
+			return fmt.Errorf("copy profiles: %w", err)
+		}
+		return nil
+	})
+}
+
+// inBatchTx runs fn in a transaction on a dedicated connection, which COPY needs.
+func inBatchTx(ctx context.Context, db *store.DB, fn func(conn *sql.Conn, tx *sql.Tx) error) error {
+	conn, err := db.Write.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("get a connection: %w", err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	if err := fn(conn, tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
