@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	_ "time/tzdata" // time zone names work on machines without a tz database
 
 	"github.com/spf13/cobra"
 

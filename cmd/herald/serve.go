@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/web"
 )
@@ -59,8 +61,26 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 		log.Info("created the administrator \"admin\" with the password from HERALD_ADMIN_PASSWORD")
 	}
 
+	quarantineSvc := quarantine.NewService(db, clk, log)
 	srv := web.NewServer(web.Deps{DB: db, Auth: authSvc, Clock: clk, Log: log,
-		Config: web.Config{PublicURL: cfg.PublicURL, Version: buildVersion()}})
+		Config:     web.Config{PublicURL: cfg.PublicURL, Version: buildVersion()},
+		Quarantine: quarantineSvc,
+	})
+
+	// Nightly jobs. Each is idempotent, so several nodes running them is harmless.
+	jobs := cron.New(cron.WithLocation(time.UTC))
+	if _, err := jobs.AddFunc("17 3 * * *", func() {
+		n, err := quarantineSvc.Cleanup(ctx, clk.Now())
+		if err != nil {
+			log.Error("quarantine clean-up failed", "err", err)
+			return
+		}
+		log.Info("quarantine clean-up", "returned_to_valid", n)
+	}); err != nil {
+		return fmt.Errorf("schedule the quarantine clean-up: %w", err)
+	}
+	jobs.Start()
+	defer jobs.Stop()
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s (HERALD_ADDR): %w", cfg.Addr, err)

@@ -344,7 +344,7 @@ func (s *Service) Import(ctx context.Context, actor audit.Actor, r io.Reader, op
 		var br *batchResult
 		err := inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
 			var err error
-			if br, err = resolve(ctx, tx, j.batch, s.clock.Now()); err != nil {
+			if br, err = resolve(ctx, s.db.Engine, tx, j.batch, s.clock.Now()); err != nil {
 				return err
 			}
 			return write(ctx, s.db, conn, tx, br, false)

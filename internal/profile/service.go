@@ -35,7 +35,7 @@ func (s *Service) Upsert(ctx context.Context, actor audit.Actor, in Input) (Prof
 	var out Profile
 	var created bool
 	err := inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
-		br, err := resolve(ctx, tx, []pending{{n: n}}, s.clock.Now())
+		br, err := resolve(ctx, s.db.Engine, tx, []pending{{n: n}}, s.clock.Now())
 		if err != nil {
 			return err
 		}

@@ -59,10 +59,10 @@ type conflict struct {
 }
 
 // lookupChunk bounds the IN lists of the lookup queries.
-const lookupChunk = 500
+const lookupChunk = 5000
 
 // resolve decides, for each input, which profile it writes and how.
-func resolve(ctx context.Context, tx *sql.Tx, batch []pending, now time.Time) (*batchResult, error) {
+func resolve(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending, now time.Time) (*batchResult, error) {
 	var keys, exts []string
 	for _, b := range batch {
 		if b.n.emailKey != "" {
@@ -78,18 +78,8 @@ func resolve(ctx context.Context, tx *sql.Tx, batch []pending, now time.Time) (*
 	load := func(col string, vals []string) error {
 		for start := 0; start < len(vals); start += lookupChunk {
 			chunk := vals[start:min(start+lookupChunk, len(vals))]
-			var q strings.Builder
-			q.WriteString(`SELECT ` + profileColumns + ` FROM profiles WHERE ` + col + ` IN (`)
-			args := make([]any, len(chunk))
-			for i, v := range chunk {
-				if i > 0 {
-					q.WriteByte(',')
-				}
-				q.WriteString("$" + strconv.Itoa(i+1))
-				args[i] = v
-			}
-			q.WriteByte(')')
-			rows, err := tx.QueryContext(ctx, q.String(), args...)
+			q, args := inQuery(eng, `SELECT `+profileColumns+` FROM profiles WHERE `+col+` IN `, chunk)
+			rows, err := tx.QueryContext(ctx, q, args...)
 			if err != nil {
 				return fmt.Errorf("look up profiles: %w", err)
 			}
@@ -216,6 +206,22 @@ func emailTaken(ctx context.Context, tx *sql.Tx, key string, except int64) (bool
 	return n > 0, nil
 }
 
+// inQuery completes prefix (ending in "IN ") with the list vals: on SQLite one JSON array
+// parameter expanded by json_each (see jsonInsert for why), on PostgreSQL one text[] parameter.
+func inQuery(eng store.Engine, prefix string, vals []string) (string, []any) {
+	if eng == store.SQLite {
+		buf := []byte{'['}
+		for i, v := range vals {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = appendJSONString(buf, v)
+		}
+		return prefix + `(SELECT value FROM json_each($1))`, []any{string(append(buf, ']'))}
+	}
+	return prefix + `(SELECT unnest($1::text[]))`, []any{vals}
+}
+
 // insertColumns are written for a new profile, in insertValues' order.
 var insertColumns = []string{"email", "email_key", "email_domain", "phone", "push_tokens", "time_zone", "locale",
 	"external_id", "attributes", "opt_out_email", "opt_out_sms", "opt_out_push", "created_at", "updated_at"}
@@ -237,7 +243,7 @@ func write(ctx context.Context, db *store.DB, conn *sql.Conn, tx *sql.Tx, r *bat
 		case db.Engine == store.Postgres:
 			err = copyInsert(ctx, conn, r.inserted)
 		default:
-			err = multiInsert(ctx, tx, r.inserted)
+			err = jsonInsert(ctx, tx, r.inserted)
 		}
 		if err != nil {
 			return err
@@ -275,55 +281,91 @@ func insertReturning(ctx context.Context, tx *sql.Tx, slots []*slot) error {
 	return nil
 }
 
-// rowsPerInsert is how many profiles one multi-row INSERT carries on SQLite (14 parameters
-// each, well under SQLite's limit of 32,766).
-const rowsPerInsert = 200
+// jsonInsertRows is how many profiles one SQLite INSERT carries.
+const jsonInsertRows = 1000
 
-func multiInsert(ctx context.Context, tx *sql.Tx, slots []*slot) error {
-	var full *sql.Stmt
-	defer func() {
-		if full != nil {
-			full.Close()
-		}
-	}()
-	args := make([]any, 0, rowsPerInsert*len(insertColumns))
-	for start := 0; start < len(slots); start += rowsPerInsert {
-		chunk := slots[start:min(start+rowsPerInsert, len(slots))]
-		args = args[:0]
-		for _, s := range chunk {
-			args = append(args, insertValues(&s.p)...)
-		}
-		if len(chunk) == rowsPerInsert {
-			if full == nil {
-				var err error
-				if full, err = tx.PrepareContext(ctx, multiInsertSQL(rowsPerInsert)); err != nil {
-					return fmt.Errorf("insert profiles: %w", err)
-				}
+// jsonInsert is SQLite's bulk insert: each chunk of profiles goes as ONE JSON array parameter
+// that json_each expands inside SQLite. Binding one parameter per chunk instead of 14 per row
+// avoids the driver's per-parameter costs (a linear search to match each parameter, and a C
+// string allocated and freed for each text value), which dominate a row-per-bind insert.
+func jsonInsert(ctx context.Context, tx *sql.Tx, slots []*slot) error {
+	cols := make([]string, len(insertColumns))
+	for i := range insertColumns {
+		cols[i] = "value->>" + strconv.Itoa(i)
+	}
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO profiles (`+strings.Join(insertColumns, ", ")+`) SELECT `+
+		strings.Join(cols, ", ")+` FROM json_each(?)`)
+	if err != nil {
+		return fmt.Errorf("insert profiles: %w", err)
+	}
+	defer stmt.Close()
+	buf := make([]byte, 0, 256*jsonInsertRows)
+	for start := 0; start < len(slots); start += jsonInsertRows {
+		buf = append(buf[:0], '[')
+		for i, s := range slots[start:min(start+jsonInsertRows, len(slots))] {
+			if i > 0 {
+				buf = append(buf, ',')
 			}
-			if _, err := full.ExecContext(ctx, args...); err != nil {
-				return fmt.Errorf("insert profiles: %w", err)
-			}
-			continue
+			buf = appendJSONRow(buf, insertValues(&s.p))
 		}
-		if _, err := tx.ExecContext(ctx, multiInsertSQL(len(chunk)), args...); err != nil {
+		buf = append(buf, ']')
+		if _, err := stmt.ExecContext(ctx, string(buf)); err != nil {
 			return fmt.Errorf("insert profiles: %w", err)
 		}
 	}
 	return nil
 }
 
-func multiInsertSQL(n int) string {
-	var b strings.Builder
-	b.WriteString(`INSERT INTO profiles (` + strings.Join(insertColumns, ", ") + `) VALUES `)
-	for i := 0; i < n; i++ {
+// appendJSONRow appends vals (strings, nil, bools, int64s) as a JSON array.
+func appendJSONRow(buf []byte, vals []any) []byte {
+	buf = append(buf, '[')
+	for i, v := range vals {
 		if i > 0 {
-			b.WriteByte(',')
+			buf = append(buf, ',')
 		}
-		b.WriteByte('(')
-		b.WriteString(placeholders(i*len(insertColumns), len(insertColumns)))
-		b.WriteByte(')')
+		switch x := v.(type) {
+		case nil:
+			buf = append(buf, "null"...)
+		case string:
+			buf = appendJSONString(buf, x)
+		case bool:
+			buf = strconv.AppendBool(buf, x)
+		case int64:
+			buf = strconv.AppendInt(buf, x, 10)
+		default:
+			panic(fmt.Sprintf("profile: appendJSONRow: unexpected %T", v))
+		}
 	}
-	return b.String()
+	return append(buf, ']')
+}
+
+// appendJSONString appends s as a JSON string; s is valid UTF-8 (imports check it).
+func appendJSONString(buf []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		buf = append(buf, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			buf = append(buf, '\\', c)
+		case '\n':
+			buf = append(buf, '\\', 'n')
+		case '\t':
+			buf = append(buf, '\\', 't')
+		case '\r':
+			buf = append(buf, '\\', 'r')
+		default:
+			buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	buf = append(buf, s[start:]...)
+	return append(buf, '"')
 }
 
 func placeholders(from, n int) string {

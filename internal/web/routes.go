@@ -50,5 +50,10 @@ func (s *Server) routeTable() []route {
 		{"PATCH", "/api/v1/users/{id}", needs(auth.Administration), s.handleUpdateUser},
 
 		{"GET", "/api/v1/audit", needs(auth.Administration), s.handleAudit},
+
+		{"GET", "/api/v1/quarantine", needs(auth.Administration), s.handleListQuarantine},
+		{"POST", "/api/v1/quarantine/bulk", needs(auth.Administration), s.handleBulkQuarantine},
+		{"GET", "/api/v1/quarantine/{channel}/{address}", needs(auth.Administration), s.handleGetQuarantine},
+		{"PUT", "/api/v1/quarantine/{channel}/{address}", needs(auth.Administration), s.handleSetQuarantine},
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
 )
 
@@ -36,6 +37,8 @@ type Deps struct {
 	Clock  clock.Clock
 	Log    *slog.Logger
 	Config Config
+
+	Quarantine *quarantine.Service
 }
 
 // Server routes HTTP requests to handlers.

@@ -18,6 +18,7 @@ import (
 	"github.com/heraldhq/herald/internal/audit"
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
 )
@@ -44,7 +45,8 @@ func newTestEnv(t *testing.T, db *store.DB) *testEnv {
 	if _, _, err := a.EnsureAdmin(context.Background(), "admin password 1"); err != nil {
 		t.Fatal(err)
 	}
-	s := NewServer(Deps{DB: db, Auth: a, Clock: clk, Log: log, Config: Config{Version: "test"}})
+	s := NewServer(Deps{DB: db, Auth: a, Clock: clk, Log: log, Config: Config{Version: "test"},
+		Quarantine: quarantine.NewService(db, clk, log)})
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	tok, _, err := a.CreateToken(context.Background(), audit.System, "admin", "test", 0)
@@ -111,6 +113,11 @@ var roleRule = map[string]string{
 	"GET /api/v1/users/{id}":   "Administration",
 	"PATCH /api/v1/users/{id}": "Administration",
 	"GET /api/v1/audit":        "Administration",
+
+	"GET /api/v1/quarantine":                     "Administration",
+	"POST /api/v1/quarantine/bulk":               "Administration",
+	"GET /api/v1/quarantine/{channel}/{address}": "Administration",
+	"PUT /api/v1/quarantine/{channel}/{address}": "Administration",
 }
 
 // allowed is DESIGN.md §3: Administration may do everything; Start deliveries has all of
@@ -152,7 +159,7 @@ func TestRoleMatrix(t *testing.T) {
 
 		for key, need := range roleRule {
 			method, pattern, _ := strings.Cut(key, " ")
-			path := strings.ReplaceAll(pattern, "{id}", "1")
+			path := strings.NewReplacer("{id}", "1", "{channel}", "email", "{address}", "a@example.com").Replace(pattern)
 			var body any
 			if method == "POST" || method == "PATCH" {
 				body = map[string]any{}
