@@ -269,3 +269,23 @@ func TestBounceClassify(t *testing.T) {
 		t.Fatalf("missing file: %v %s", err, out)
 	}
 }
+
+func TestImportProfilesCommand(t *testing.T) {
+	dsn := storetest.DSN(t, store.SQLite)
+	file := filepath.Join(t.TempDir(), "people.csv")
+	csv := "email,city\nann@example.com,Paris\nnot-an-email,Lyon\nbob@example.com,Oslo\n"
+	if err := os.WriteFile(file, []byte(csv), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, dsn, "", "import", "profiles", file)
+	if err != nil || !strings.Contains(out, "2 created") || !strings.Contains(out, "1 rejected") || !strings.Contains(out, "line 3, column 1 (email)") {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	out, err = run(t, dsn, csv, "import", "profiles", "--json", "-")
+	if err != nil || !strings.Contains(out, `"unchanged": 2`) {
+		t.Fatalf("re-import from stdin: %v\n%s", err, out)
+	}
+	if out, err := run(t, dsn, "", "import", "profiles", "/no/such.csv"); err == nil {
+		t.Fatalf("missing file accepted: %s", out)
+	}
+}

@@ -11,9 +11,11 @@ import (
 	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/heraldhq/herald/internal/audience"
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/web"
@@ -65,6 +67,8 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	srv := web.NewServer(web.Deps{DB: db, Auth: authSvc, Clock: clk, Log: log,
 		Config:     web.Config{PublicURL: cfg.PublicURL, Version: buildVersion()},
 		Quarantine: quarantineSvc,
+		Profiles:   profile.NewService(db, clk, log),
+		Audiences:  audience.NewService(db, clk, log),
 	})
 
 	// Nightly jobs. Each is idempotent, so several nodes running them is harmless.

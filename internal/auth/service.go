@@ -97,6 +97,24 @@ func (p Principal) Require(role Role) error {
 		Message: fmt.Sprintf("this action needs the role %q, which user %q does not have; ask an administrator to grant it", role, p.Login)}
 }
 
+// RequireAny returns a Forbidden problem naming the roles when p holds none of them.
+func (p Principal) RequireAny(roles ...Role) error {
+	for _, r := range roles {
+		if p.Roles.Has(r) {
+			return nil
+		}
+	}
+	if len(roles) == 1 {
+		return p.Require(roles[0])
+	}
+	names := make([]string, len(roles))
+	for i, r := range roles {
+		names[i] = fmt.Sprintf("%q", r)
+	}
+	return &problem.Error{Kind: problem.Forbidden, Code: "missing_role",
+		Message: fmt.Sprintf("this action needs one of the roles %s, none of which user %q has; ask an administrator to grant one", strings.Join(names, ", "), p.Login)}
+}
+
 // NewUser is what CreateUser needs.
 type NewUser struct {
 	Login       string   `json:"login"`

@@ -2,15 +2,16 @@ package web
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/heraldhq/herald/internal/auth"
 )
 
-// access is who may call a route: anyone (public), any authenticated user (role ""), or users
-// holding role.
+// access is who may call a route: anyone (public), any authenticated user (no roles), or
+// users holding at least one of roles.
 type access struct {
 	public bool
-	role   auth.Role
+	roles  []auth.Role
 }
 
 var (
@@ -18,7 +19,28 @@ var (
 	authenticated = access{}
 )
 
-func needs(r auth.Role) access { return access{role: r} }
+func needs(r auth.Role) access { return access{roles: []auth.Role{r}} }
+
+func anyOf(rs ...auth.Role) access { return access{roles: rs} }
+
+// describe names the access as openapi.json's x-herald-role does.
+func (a access) describe() string {
+	switch {
+	case a.public:
+		return "public"
+	case len(a.roles) == 0:
+		return "authenticated"
+	}
+	names := make([]string, len(a.roles))
+	for i, r := range a.roles {
+		names[i] = string(r)
+	}
+	return strings.Join(names, " | ")
+}
+
+// readProfiles may read profiles and audiences: those who build, check, import or export
+// targets.
+var readProfiles = anyOf(auth.PrepareDeliveries, auth.ApproveDeliveries, auth.GenericImport, auth.Export)
 
 // handlerFunc is a route's handler; p is the authenticated caller (zero for public routes
 // but for the client address).
@@ -50,6 +72,24 @@ func (s *Server) routeTable() []route {
 		{"PATCH", "/api/v1/users/{id}", needs(auth.Administration), s.handleUpdateUser},
 
 		{"GET", "/api/v1/audit", needs(auth.Administration), s.handleAudit},
+
+		{"POST", "/api/v1/profiles", needs(auth.GenericImport), s.handleUpsertProfile},
+		{"GET", "/api/v1/profiles", readProfiles, s.handleListProfiles},
+		{"POST", "/api/v1/profiles/import", needs(auth.GenericImport), s.handleImportProfiles},
+		{"GET", "/api/v1/profiles/{id}", readProfiles, s.handleGetProfile},
+		{"PATCH", "/api/v1/profiles/{id}", needs(auth.GenericImport), s.handleUpdateProfile},
+		{"DELETE", "/api/v1/profiles/{id}", needs(auth.Administration), s.handleEraseProfile},
+		{"GET", "/api/v1/profiles/{id}/export", needs(auth.Export), s.handleExportProfile},
+
+		{"POST", "/api/v1/audiences", needs(auth.PrepareDeliveries), s.handleCreateAudience},
+		{"GET", "/api/v1/audiences", readProfiles, s.handleListAudiences},
+		{"GET", "/api/v1/audiences/{id}", readProfiles, s.handleGetAudience},
+		{"PATCH", "/api/v1/audiences/{id}", needs(auth.PrepareDeliveries), s.handleUpdateAudience},
+		{"DELETE", "/api/v1/audiences/{id}", needs(auth.PrepareDeliveries), s.handleDeleteAudience},
+		{"GET", "/api/v1/audiences/{id}/count", readProfiles, s.handleCountAudience},
+		{"GET", "/api/v1/audiences/{id}/preview", readProfiles, s.handlePreviewAudience},
+		{"POST", "/api/v1/audiences/{id}/members", needs(auth.PrepareDeliveries), s.handleAddMembers},
+		{"DELETE", "/api/v1/audiences/{id}/members", needs(auth.PrepareDeliveries), s.handleRemoveMembers},
 
 		{"GET", "/api/v1/quarantine", needs(auth.Administration), s.handleListQuarantine},
 		{"POST", "/api/v1/quarantine/bulk", needs(auth.Administration), s.handleBulkQuarantine},

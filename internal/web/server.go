@@ -14,8 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/heraldhq/herald/internal/audience"
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
 )
@@ -39,6 +41,8 @@ type Deps struct {
 	Config Config
 
 	Quarantine *quarantine.Service
+	Profiles   *profile.Service
+	Audiences  *audience.Service
 }
 
 // Server routes HTTP requests to handlers.
@@ -156,9 +160,11 @@ func (s *Server) wrap(rt route) http.Handler {
 			s.fail(rec, r, err)
 			return
 		}
-		if err := p.Require(rt.access.role); err != nil {
-			s.fail(rec, r, err)
-			return
+		if len(rt.access.roles) > 0 {
+			if err := p.RequireAny(rt.access.roles...); err != nil {
+				s.fail(rec, r, err)
+				return
+			}
 		}
 		rt.handler(rec, r, p)
 	})
