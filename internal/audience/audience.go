@@ -166,7 +166,9 @@ func get(ctx context.Context, q querier, id int64) (Audience, error) {
 }
 
 // Get returns the audience with the given id.
-func (s *Service) Get(ctx context.Context, id int64) (Audience, error) { return get(ctx, s.db.Read, id) }
+func (s *Service) Get(ctx context.Context, id int64) (Audience, error) {
+	return get(ctx, s.db.Read, id)
+}
 
 // List returns every audience by name.
 func (s *Service) List(ctx context.Context) ([]Audience, error) {
