@@ -110,12 +110,8 @@ type quarantineBulk struct {
 // handleBulkQuarantine applies up to quarantine.MaxBulkChanges edits, all or nothing; a
 // refusal lists every bad change with its index in error.details.
 func (s *Server) handleBulkQuarantine(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	// decode takes its limit from the server's settings; a copy with the bulk limit lets
-	// this one route accept a larger body without changing the others.
-	big := &Server{Deps: s.Deps}
-	big.Config.MaxBodyBytes = max(s.Config.MaxBodyBytes, bulkBodyLimit)
 	var req quarantineBulk
-	if err := big.decode(w, r, &req); err != nil {
+	if err := s.decodeLimit(w, r, &req, max(s.Config.MaxBodyBytes, bulkBodyLimit)); err != nil {
 		s.fail(w, r, err)
 		return
 	}

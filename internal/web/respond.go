@@ -76,13 +76,17 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	writeProblem(w, r, http.StatusInternalServerError, "internal", "an internal error occurred; it has been logged")
 }
 
-// decode reads the JSON request body into v, refusing bodies over the limit, unknown fields,
-// trailing data and malformed JSON with a message that says where the problem is.
+// decode reads the JSON request body into v, refusing bodies over the configured limit,
+// unknown fields, trailing data and malformed JSON with a message that says where the problem is.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	return s.decodeLimit(w, r, v, s.Config.MaxBodyBytes)
+}
+
+// decodeLimit is decode with a route's own body limit.
+func (s *Server) decodeLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return problem.New(problem.Invalid, "unsupported_media_type", "the request body must be JSON (Content-Type: application/json), not %q", ct)
 	}
-	limit := s.Config.MaxBodyBytes
 	body := http.MaxBytesReader(w, r.Body, limit)
 	data, err := io.ReadAll(body)
 	var tooBig *http.MaxBytesError

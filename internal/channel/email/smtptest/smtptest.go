@@ -1,0 +1,459 @@
+// Package smtptest runs an in-process SMTP server for tests and benchmarks of
+// Herald's email transport.
+//
+// It is built on github.com/emersion/go-smtp's server, which advertises
+// PIPELINING and reads pipelined commands correctly. On top of it the Server
+// records every accepted message, and answers per recipient from a Script:
+// temporary failures a number of times, permanent refusals, a connection
+// dropped around the end of DATA, or a slow answer. Sink mode replaces
+// go-smtp with a minimal hand-written loop that counts and discards, for
+// benchmarks.
+package smtptest
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Message is one message the server accepted.
+type Message struct {
+	// From is the envelope sender (MAIL FROM).
+	From string
+	// To holds the envelope recipients (RCPT TO).
+	To []string
+	// Data is the message as received, dot-stuffing removed, CRLF kept.
+	Data []byte
+	// TLS reports whether the message came over TLS (STARTTLS or implicit).
+	TLS bool
+	// User is the authenticated user name, or "" without AUTH.
+	User string
+}
+
+// Stage names the point of a transaction where a scripted Action answers.
+type Stage int
+
+const (
+	// AtRcpt answers the RCPT TO command naming the recipient.
+	AtRcpt Stage = iota
+	// AtData answers after the message data (the final reply).
+	AtData
+)
+
+// Drop says whether and when the server closes the connection after the
+// message data of a transaction, instead of carrying on.
+type Drop int
+
+const (
+	// NoDrop keeps the connection open.
+	NoDrop Drop = iota
+	// DropBeforeReply closes the connection after reading the whole
+	// message data, without answering it: the client cannot know whether
+	// the message was accepted.
+	DropBeforeReply
+	// DropAfterReply answers the data normally (the message is accepted
+	// and recorded) and then closes the connection.
+	DropAfterReply
+)
+
+// Action is how the server treats one transaction for one recipient.
+// The zero Action accepts the message.
+type Action struct {
+	// Stage is where Code is answered.
+	Stage Stage
+	// Code, when non-zero, is the reply code answered at Stage instead of
+	// accepting (e.g. 451 or 550).
+	Code int
+	// Enhanced is the enhanced status code sent with Code, as "x.y.z".
+	Enhanced string
+	// Text is the reply text sent with Code.
+	Text string
+	// Drop closes the connection around the final reply.
+	Drop Drop
+	// Delay is waited before answering at Stage; it makes a slow server.
+	Delay time.Duration
+}
+
+// Script decides the Action for a recipient's attempt; attempt counts the
+// transactions that named the recipient, from 1.
+type Script func(attempt int) Action
+
+// FailTimes answers code (a 4xx, typically) at RCPT for the first n attempts
+// and accepts after.
+func FailTimes(n, code int, enhanced, text string) Script {
+	return func(attempt int) Action {
+		if attempt <= n {
+			return Action{Code: code, Enhanced: enhanced, Text: text}
+		}
+		return Action{}
+	}
+}
+
+// Always answers the same Action on every attempt.
+func Always(a Action) Script {
+	return func(int) Action { return a }
+}
+
+// Options configures a Server.
+type Options struct {
+	// TLSConfig, when set, makes the server offer STARTTLS.
+	TLSConfig *tls.Config
+	// ImplicitTLS makes the listener speak TLS from the first byte (smtps);
+	// it needs TLSConfig.
+	ImplicitTLS bool
+	// Users, when set, enables AUTH PLAIN and LOGIN (only over TLS unless
+	// InsecureAuth) and requires it before MAIL.
+	Users map[string]string
+	// AuthMechs restricts the AUTH mechanisms offered (of "PLAIN" and
+	// "LOGIN"); nil offers both.
+	AuthMechs []string
+	// InsecureAuth allows AUTH without TLS.
+	InsecureAuth bool
+	// NoPipelining hides PIPELINING from the EHLO answer, for testing the
+	// client's lock-step mode. It works on connections without TLS only.
+	NoPipelining bool
+	// Sink runs a minimal, fast server for benchmarks instead of go-smtp's:
+	// it accepts and discards every message, only counting them, and
+	// ignores every other option.
+	Sink bool
+	// Logf receives server errors; nil discards them.
+	Logf func(format string, args ...any)
+}
+
+// Server is a running in-process SMTP server.
+type Server struct {
+	opts   Options
+	srv    *smtp.Server
+	sink   *sink
+	ln     net.Listener
+	done   chan struct{}
+	count  atomic.Int64
+	conns  atomic.Int64
+	nextID atomic.Int64
+
+	mu       sync.Mutex
+	msgs     []Message
+	scripts  map[string]Script
+	attempts map[string]int
+}
+
+// Start starts a server on 127.0.0.1 with a random port and stops it when
+// the test ends.
+func Start(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	s, err := Listen(opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Listen starts a server on 127.0.0.1 with a random port; the caller closes it.
+func Listen(opts Options) (*Server, error) {
+	if opts.ImplicitTLS && opts.TLSConfig == nil {
+		return nil, errors.New("smtptest: ImplicitTLS needs a TLSConfig")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("smtptest: listen: %w", err)
+	}
+	s := &Server{
+		opts:     opts,
+		ln:       ln,
+		done:     make(chan struct{}),
+		scripts:  map[string]Script{},
+		attempts: map[string]int{},
+	}
+	if opts.Sink {
+		s.sink = &sink{s: s, conns: map[net.Conn]struct{}{}}
+		go func() {
+			defer close(s.done)
+			s.sink.serve(ln)
+		}()
+		return s, nil
+	}
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Domain = "smtptest.invalid"
+	srv.AllowInsecureAuth = opts.InsecureAuth
+	srv.ErrorLog = log.New(io.Discard, "", 0)
+	if opts.Logf != nil {
+		srv.ErrorLog = log.New(logfWriter(opts.Logf), "smtptest: ", 0)
+	}
+	var l net.Listener = &countingListener{Listener: ln, s: s}
+	if opts.ImplicitTLS {
+		l = tls.NewListener(l, opts.TLSConfig)
+	} else {
+		srv.TLSConfig = opts.TLSConfig
+	}
+	s.srv = srv
+	go func() {
+		defer close(s.done)
+		srv.Serve(l)
+	}()
+	return s, nil
+}
+
+// Addr returns the host:port the server listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Close stops the server and closes every connection.
+func (s *Server) Close() error {
+	if s.sink != nil {
+		err := s.ln.Close()
+		<-s.done
+		s.sink.close()
+		return err
+	}
+	err := s.srv.Close()
+	s.ln.Close() // in case Serve had not registered it yet
+	<-s.done
+	return err
+}
+
+// Script sets how the server answers transactions naming rcpt.
+func (s *Server) Script(rcpt string, sc Script) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.scripts[rcpt] = sc
+}
+
+// Count returns the number of messages accepted so far (also in Sink mode).
+func (s *Server) Count() int64 { return s.count.Load() }
+
+// Connections returns the number of connections accepted so far.
+func (s *Server) Connections() int64 { return s.conns.Load() }
+
+// Attempts returns how many transactions have named rcpt so far.
+func (s *Server) Attempts(rcpt string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.attempts[rcpt]
+}
+
+// Messages returns a copy of the accepted messages, in acceptance order.
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.msgs...)
+}
+
+func (s *Server) action(rcpt string) Action {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.attempts[rcpt]++
+	if sc := s.scripts[rcpt]; sc != nil {
+		return sc(s.attempts[rcpt])
+	}
+	return Action{}
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	return &session{s: s, c: c}, nil
+}
+
+type session struct {
+	s       *Server
+	c       *smtp.Conn
+	user    string
+	from    string
+	to      []string
+	actions []Action
+	drop    bool // close the connection once the final reply is written
+}
+
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
+
+func (se *session) AuthMechanisms() []string {
+	if se.s.opts.Users == nil {
+		return nil
+	}
+	if se.s.opts.AuthMechs != nil {
+		return se.s.opts.AuthMechs
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (se *session) Auth(mech string) (sasl.Server, error) {
+	if !slices.Contains(se.AuthMechanisms(), mech) {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	check := func(user, pass string) error {
+		if want, ok := se.s.opts.Users[user]; !ok || want != pass {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "bad credentials"}
+		}
+		se.user = user
+		return nil
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, user, pass string) error {
+			if identity != "" && identity != user {
+				return errors.New("identity differs from user")
+			}
+			return check(user, pass)
+		}), nil
+	case sasl.Login:
+		return &loginServer{check: check}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+	if se.s.opts.Users != nil && se.user == "" {
+		return smtp.ErrAuthRequired
+	}
+	se.from = from
+	return nil
+}
+
+func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	a := se.s.action(to)
+	if a.Stage == AtRcpt {
+		time.Sleep(a.Delay)
+		if a.Code != 0 {
+			return smtpError(a)
+		}
+	}
+	se.to = append(se.to, to)
+	se.actions = append(se.actions, a)
+	return nil
+}
+
+func (se *session) Data(r io.Reader) error {
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(r); err != nil {
+		return err
+	}
+	for _, a := range se.actions {
+		if a.Stage != AtData {
+			continue
+		}
+		time.Sleep(a.Delay)
+		switch a.Drop {
+		case DropBeforeReply:
+			se.c.Conn().Close()
+			return errors.New("dropped")
+		case DropAfterReply:
+			se.drop = true
+		}
+		if a.Code != 0 {
+			return smtpError(a)
+		}
+	}
+	id := se.s.nextID.Add(1)
+	se.s.count.Add(1)
+	_, isTLS := se.c.TLSConnectionState()
+	se.s.mu.Lock()
+	se.s.msgs = append(se.s.msgs, Message{
+		From: se.from, To: append([]string(nil), se.to...), Data: buf.Bytes(), TLS: isTLS, User: se.user,
+	})
+	se.s.mu.Unlock()
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as Q" + strconv.FormatInt(id, 10)}
+}
+
+// Reset runs after every transaction, once its final reply is written, which
+// is where a DropAfterReply takes effect.
+func (se *session) Reset() {
+	se.from, se.to, se.actions = "", nil, nil
+	if se.drop {
+		se.drop = false
+		se.c.Conn().Close()
+	}
+}
+
+func (se *session) Logout() error { return nil }
+
+func smtpError(a Action) *smtp.SMTPError {
+	e := &smtp.SMTPError{Code: a.Code, EnhancedCode: smtp.NoEnhancedCode, Message: a.Text}
+	if a.Enhanced != "" {
+		var c smtp.EnhancedCode
+		if _, err := fmt.Sscanf(a.Enhanced, "%d.%d.%d", &c[0], &c[1], &c[2]); err == nil {
+			e.EnhancedCode = c
+		}
+	}
+	if e.Message == "" {
+		e.Message = "scripted answer"
+	}
+	return e
+}
+
+// loginServer is the server side of the obsolete but still common AUTH LOGIN
+// mechanism, which go-sasl only implements as a client.
+type loginServer struct {
+	check func(user, pass string) error
+	user  string
+	step  int
+}
+
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		l.step++
+		if response != nil {
+			l.user = string(response)
+			l.step++
+			return []byte("Password:"), false, nil
+		}
+		return []byte("Username:"), false, nil
+	case 1:
+		l.user = string(response)
+		l.step++
+		return []byte("Password:"), false, nil
+	default:
+		return nil, true, l.check(l.user, string(response))
+	}
+}
+
+// countingListener counts connections and, with NoPipelining, hides the
+// PIPELINING capability.
+type countingListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.s.conns.Add(1)
+	if l.s.opts.NoPipelining {
+		return &noPipeliningConn{Conn: c}, nil
+	}
+	return c, nil
+}
+
+// noPipeliningConn drops the "250-PIPELINING" line; go-smtp writes each reply
+// line with its own Write call.
+type noPipeliningConn struct{ net.Conn }
+
+func (c *noPipeliningConn) Write(p []byte) (int, error) {
+	if bytes.Equal(p, []byte("250-PIPELINING\r\n")) {
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+type logfWriter func(format string, args ...any)
+
+func (f logfWriter) Write(p []byte) (int, error) {
+	f("%s", bytes.TrimRight(p, "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,685 @@
+// Package email is Herald's email channel: MIME building with DKIM signing,
+// and an SMTP transport of its own that pipelines (RFC 2920) over pooled,
+// long-lived connections to one or more relays.
+//
+// No Go SMTP library pipelines, which is where most of the speed of bulk
+// sending comes from, so the client here is Herald's own: after a message's
+// terminating dot the next message's MAIL, RCPT and DATA follow in the same
+// write, and a connection never waits on a round trip it could have avoided.
+package email
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel"
+)
+
+// Options configures a Transport. Zero values pick the documented defaults.
+type Options struct {
+	// Relays to send through; at least one. Load is spread over every relay
+	// that is up; a relay that cannot be reached is skipped for a back-off.
+	Relays []Relay
+	// HelloName is the name given in EHLO; "" means the host name.
+	HelloName string
+	// Timeout bounds each exchange with a server (a write and the replies it
+	// waits for); 0 means 2 minutes.
+	Timeout time.Duration
+	// DialTimeout bounds connecting and the handshake; 0 means 15 s.
+	DialTimeout time.Duration
+	// MaxAttempts is how many connections a message may be tried on within
+	// one Send when a connection fails before the message was handed over;
+	// 0 means 3.
+	MaxAttempts int
+	// MaxWait is the longest a message waits for a rate limit before Send
+	// reports it Deferred; 0 means 2 s.
+	MaxWait time.Duration
+	// IdleTimeout closes pooled connections idle for longer instead of
+	// reusing them; 0 means 30 s.
+	IdleTimeout time.Duration
+	// BackoffMin and BackoffMax bound the time an unreachable relay is
+	// skipped; it doubles from BackoffMin on each consecutive failure.
+	// 0 means 1 s and 5 min.
+	BackoffMin, BackoffMax time.Duration
+	// Domains configures per-recipient-domain limits.
+	Domains DomainLimits
+	// Clock drives limits and back-offs; nil means the system clock.
+	Clock Clock
+	// Logger receives relay up/down events; nil discards them.
+	Logger *slog.Logger
+}
+
+// Transport sends email over SMTP relays. It is a channel.Sender.
+type Transport struct {
+	opts    Options
+	pools   []*pool
+	domains *DomainLimiter
+	clock   Clock
+	log     *slog.Logger
+	closed  atomic.Bool
+}
+
+var _ channel.Sender = (*Transport)(nil)
+
+// pool holds the connections to one relay.
+type pool struct {
+	relay Relay
+	// slots holds one token per open connection; idle holds the open
+	// connections not in use. Together they cap connections at MaxConns
+	// across concurrent Sends.
+	slots chan struct{}
+	idle  chan *conn
+
+	mu        sync.Mutex
+	rate      bucket
+	failures  int
+	downUntil time.Time
+	lastErr   error
+}
+
+var errRelayDown = errors.New("relay is in back-off after failing")
+
+// New returns a Transport for opts.Relays. It connects lazily, on the first
+// Send.
+func New(opts Options) (*Transport, error) {
+	if len(opts.Relays) == 0 {
+		return nil, errors.New("email: no SMTP relay configured")
+	}
+	if opts.HelloName == "" {
+		opts.HelloName, _ = os.Hostname()
+		if opts.HelloName == "" || !strings.Contains(opts.HelloName, ".") {
+			opts.HelloName = "localhost"
+		}
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&opts.Timeout, 2*time.Minute)
+	def(&opts.DialTimeout, 15*time.Second)
+	def(&opts.MaxWait, 2*time.Second)
+	def(&opts.IdleTimeout, 30*time.Second)
+	def(&opts.BackoffMin, time.Second)
+	def(&opts.BackoffMax, 5*time.Minute)
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 3
+	}
+	if opts.Clock == nil {
+		opts.Clock = systemClock{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	t := &Transport{
+		opts:    opts,
+		domains: NewDomainLimiter(opts.Domains, opts.Clock),
+		clock:   opts.Clock,
+		log:     opts.Logger,
+	}
+	now := t.clock.Now()
+	for _, r := range opts.Relays {
+		if r.MaxConns <= 0 {
+			r.MaxConns = DefaultMaxConns
+		}
+		t.pools = append(t.pools, &pool{
+			relay: r,
+			slots: make(chan struct{}, r.MaxConns),
+			idle:  make(chan *conn, r.MaxConns),
+			rate:  newBucket(r.Rate, now),
+		})
+	}
+	return t, nil
+}
+
+// Domains returns the per-recipient-domain limiter, for inspection.
+func (t *Transport) Domains() *DomainLimiter { return t.domains }
+
+// Send sends msgs through the relays; see channel.Sender for the guarantees.
+//
+// Messages are spread over every relay that is up, each relay's connections
+// taking the next message as they free up. A message whose connection fails
+// before its data was handed over is tried again on another connection, up
+// to Options.MaxAttempts; a message whose data was handed over but not
+// answered is Unknown. When no relay can be reached the remaining messages
+// are SoftFail. A message that cannot be sent as it stands (bad address,
+// empty, over the relay's SIZE) is HardFail with Code 0.
+func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []channel.Outcome) error {
+	if len(out) < len(msgs) {
+		for i := range out {
+			out[i] = channel.Outcome{Status: channel.Deferred, Text: "not attempted: outcome slice too short"}
+		}
+		return fmt.Errorf("email: Send got %d messages but room for %d outcomes", len(msgs), len(out))
+	}
+	b := &batch{msgs: msgs, out: out, max: t.opts.MaxAttempts}
+	if t.closed.Load() {
+		b.finishRest(channel.Outcome{Status: channel.Deferred, Text: "not attempted: transport closed"})
+		return channel.ErrClosed
+	}
+	for !b.empty() {
+		if err := ctx.Err(); err != nil {
+			b.finishRest(channel.Outcome{Status: channel.Deferred, Text: "not attempted: " + err.Error()})
+			break
+		}
+		up := t.upPools()
+		if len(up) == 0 {
+			b.finishRest(channel.Outcome{Status: channel.SoftFail, Text: "no SMTP relay reachable: " + t.downReason()})
+			break
+		}
+		var wg sync.WaitGroup
+		left := b.remaining()
+		for _, p := range up {
+			for range min(p.relay.MaxConns, left) {
+				wg.Go(func() { t.work(ctx, p, b) })
+			}
+		}
+		wg.Wait()
+	}
+	return nil
+}
+
+// Close closes idle connections politely (QUIT) and refuses further Sends.
+// Connections in use by a running Send are closed when it returns them.
+func (t *Transport) Close() error {
+	t.closed.Store(true)
+	for _, p := range t.pools {
+		for {
+			select {
+			case c := <-p.idle:
+				t.discard(p, c, true)
+				continue
+			default:
+			}
+			break
+		}
+	}
+	return nil
+}
+
+func (t *Transport) upPools() []*pool {
+	now := t.clock.Now()
+	var up []*pool
+	for _, p := range t.pools {
+		p.mu.Lock()
+		if !now.Before(p.downUntil) {
+			up = append(up, p)
+		}
+		p.mu.Unlock()
+	}
+	return up
+}
+
+func (t *Transport) downReason() string {
+	var reasons []string
+	for _, p := range t.pools {
+		p.mu.Lock()
+		if p.lastErr != nil {
+			reasons = append(reasons, p.lastErr.Error())
+		}
+		p.mu.Unlock()
+	}
+	return strings.Join(reasons, "; ")
+}
+
+// work sends messages from b over connections of p until b has no message
+// left to take or p fails.
+func (t *Transport) work(ctx context.Context, p *pool, b *batch) {
+	for !b.empty() && ctx.Err() == nil {
+		c, reused, err := t.get(ctx, p)
+		if err != nil {
+			return
+		}
+		if c.pipelining {
+			err = t.runPipelined(ctx, p, c, b, reused)
+		} else {
+			err = t.runLockstep(ctx, p, c, b, reused)
+		}
+		switch {
+		case err != nil || c.broken:
+			t.discard(p, c, false)
+		case p.relay.MaxPerConn > 0 && c.sent >= p.relay.MaxPerConn:
+			t.discard(p, c, true)
+		default:
+			t.put(p, c)
+		}
+	}
+}
+
+// get returns an idle connection to p, or dials one when p has room.
+func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err error) {
+	for {
+		select {
+		case c = <-p.idle:
+		default:
+			select {
+			case c = <-p.idle:
+			case p.slots <- struct{}{}:
+			case <-ctx.Done():
+				return nil, false, ctx.Err()
+			}
+		}
+		if c == nil {
+			break
+		}
+		if t.clock.Now().Sub(c.lastUsed) < t.opts.IdleTimeout && !t.closed.Load() {
+			return c, true, nil
+		}
+		t.discard(p, c, true)
+		c = nil
+	}
+	p.mu.Lock()
+	down := t.clock.Now().Before(p.downUntil)
+	p.mu.Unlock()
+	if down {
+		<-p.slots
+		return nil, false, errRelayDown
+	}
+	dctx, cancel := context.WithTimeout(ctx, t.opts.DialTimeout)
+	defer cancel()
+	c, err = dial(dctx, &p.relay, t.opts.HelloName, t.opts.DialTimeout, t.opts.Timeout)
+	if err != nil {
+		<-p.slots
+		if ctx.Err() == nil {
+			t.markDown(p, err)
+		}
+		return nil, false, err
+	}
+	p.mu.Lock()
+	if p.failures > 0 {
+		t.log.Info("smtp relay is back", "relay", p.relay.String())
+	}
+	p.failures, p.lastErr = 0, nil
+	p.mu.Unlock()
+	return c, false, nil
+}
+
+func (t *Transport) markDown(p *pool, err error) {
+	now := t.clock.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if now.Before(p.downUntil) {
+		return // other connections failed together with this one
+	}
+	p.failures++
+	backoff := t.opts.BackoffMin << min(p.failures-1, 30)
+	if backoff > t.opts.BackoffMax || backoff <= 0 {
+		backoff = t.opts.BackoffMax
+	}
+	p.downUntil, p.lastErr = now.Add(backoff), err
+	t.log.Warn("smtp relay unreachable, skipping it", "relay", p.relay.String(), "error", err, "retry_in", backoff)
+}
+
+func (t *Transport) put(p *pool, c *conn) {
+	if t.closed.Load() {
+		t.discard(p, c, true)
+		return
+	}
+	c.lastUsed = t.clock.Now()
+	p.idle <- c // never blocks: idle has room for every slot
+}
+
+func (t *Transport) discard(p *pool, c *conn, polite bool) {
+	if polite {
+		c.quit()
+	} else {
+		c.nc.Close()
+	}
+	<-p.slots
+}
+
+// next takes the next message to send on c, skipping (with their outcomes
+// written) messages that are invalid or would wait too long for a limit.
+// It returns -1 when there is nothing to send.
+func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch) int {
+	for ctx.Err() == nil {
+		i, ok := b.take()
+		if !ok {
+			return -1
+		}
+		m := &b.msgs[i]
+		if o, bad := check(m, c.size); bad {
+			b.out[i] = o
+			continue
+		}
+		dom := domainOf(m.To)
+		wait := t.domains.Reserve(dom)
+		p.mu.Lock()
+		wait = max(wait, p.rate.reserve(t.clock.Now()))
+		p.mu.Unlock()
+		if wait == 0 {
+			return i
+		}
+		if wait > t.opts.MaxWait {
+			t.unreserve(p, dom)
+			b.out[i] = channel.Outcome{Status: channel.Deferred, Text: fmt.Sprintf("not attempted: rate limit for %s would wait %v", dom, wait.Round(time.Millisecond))}
+			continue
+		}
+		c.flush() // a write error resurfaces at the next flush
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+			return i
+		case <-ctx.Done():
+			timer.Stop()
+			t.unreserve(p, dom)
+			b.giveBack(i)
+			return -1
+		}
+	}
+	return -1
+}
+
+func (t *Transport) unreserve(p *pool, dom string) {
+	t.domains.Cancel(dom)
+	p.mu.Lock()
+	p.rate.cancel()
+	p.mu.Unlock()
+}
+
+// feedback tells the domain limiter about a reply to a recipient.
+func (t *Transport) feedback(to string, code int) {
+	if isThrottle(code) {
+		t.domains.Throttle(domainOf(to))
+	}
+}
+
+func domainOf(addr string) string {
+	return strings.ToLower(addr[strings.LastIndexByte(addr, '@')+1:])
+}
+
+// check refuses messages that cannot be sent as they stand; the outcome
+// is a HardFail with Code 0, since no server answered.
+func check(m *channel.Message, size int64) (channel.Outcome, bool) {
+	const bad = "\r\n<> \t\x00"
+	var reason string
+	switch {
+	case m.To == "" || !strings.Contains(m.To, "@") || strings.ContainsAny(m.To, bad):
+		reason = fmt.Sprintf("invalid recipient address %q", m.To)
+	case strings.ContainsAny(m.From, bad):
+		reason = fmt.Sprintf("invalid envelope sender %q", m.From)
+	case len(m.Data) == 0:
+		reason = "empty message"
+	case size > 0 && int64(len(m.Data)) > size:
+		reason = fmt.Sprintf("message of %d bytes exceeds the relay's limit of %d bytes", len(m.Data), size)
+	default:
+		return channel.Outcome{}, false
+	}
+	return channel.Outcome{Status: channel.HardFail, Text: "not sent: " + reason}, true
+}
+
+// runPipelined sends messages from b over c with RFC 2920 pipelining: each
+// write carries the previous message's data and terminating dot followed by
+// the next message's MAIL, RCPT and DATA, so one round trip serves two
+// messages' worth of commands.
+func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch, reused bool) error {
+	var (
+		body    = -1  // message whose data is written and unanswered
+		bodyEnd int64 // stream position just after its terminating dot
+		lone    bool  // body is a lone dot after a DATA accepted in error
+		rset    bool  // the server holds a failed transaction to reset
+		replies int   // replies read on this run, to tell stale connections
+	)
+	fail := func(err error, env int) error {
+		if body >= 0 && !lone {
+			if c.flushed >= bodyEnd {
+				b.out[body] = unknown(err)
+			} else {
+				b.requeue(body, softFail(err), false)
+			}
+		}
+		if env >= 0 {
+			b.requeue(env, softFail(err), reused && replies == 0)
+		}
+		return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
+	}
+	for {
+		i := -1
+		if p.relay.MaxPerConn == 0 || c.sent < p.relay.MaxPerConn {
+			i = t.next(ctx, p, c, b)
+		}
+		if i >= 0 {
+			if rset {
+				c.w.WriteString("RSET\r\n")
+			}
+			c.writeEnvelope(b.msgs[i].From, b.msgs[i].To)
+			c.sent++
+		}
+		if err := c.flush(); err != nil {
+			return fail(err, i)
+		}
+		if body >= 0 {
+			code, err := c.readReply()
+			if err != nil {
+				return fail(err, i)
+			}
+			replies++
+			if !lone {
+				b.out[body] = outcome(code, c.text)
+				t.feedback(b.msgs[body].To, code)
+			}
+			body, lone = -1, false
+		}
+		if i < 0 {
+			return nil
+		}
+		if rset {
+			code, err := c.readReply()
+			if err != nil {
+				return fail(err, i)
+			}
+			replies++
+			if code != 250 {
+				return fail(&ReplyError{Step: "RSET", Code: code, Text: string(c.text)}, i)
+			}
+			rset = false
+		}
+		var (
+			failed  bool
+			failure channel.Outcome
+			stage   int
+			data    int
+		)
+		for k := range 3 {
+			code, err := c.readReply()
+			if err != nil {
+				return fail(err, i)
+			}
+			replies++
+			ok := code/100 == 2
+			if k == 2 {
+				ok, data = code == 354, code
+			}
+			if !ok && !failed {
+				failed, failure, stage = true, outcome(code, c.text), k
+			}
+		}
+		if !failed {
+			body, bodyEnd = i, c.writeData(b.msgs[i].Data)
+			continue
+		}
+		if stage == 1 {
+			t.feedback(b.msgs[i].To, failure.Code)
+		}
+		if c.broken {
+			// 421 before the data: the server is closing this connection;
+			// the message was not handed over, so another connection may
+			// take it.
+			b.requeue(i, failure, false)
+			return nil
+		}
+		b.out[i] = failure
+		if data == 354 {
+			// All recipients refused yet DATA accepted: end it with a lone
+			// dot (RFC 2920 section 3.1), which also ends the transaction.
+			c.w.WriteString(".\r\n")
+			body, lone = i, true
+		} else {
+			rset = true
+		}
+	}
+}
+
+// runLockstep sends messages from b over c one command at a time, for
+// servers that do not offer PIPELINING.
+func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch, reused bool) error {
+	replies := 0
+	for {
+		if p.relay.MaxPerConn > 0 && c.sent >= p.relay.MaxPerConn {
+			return nil
+		}
+		i := t.next(ctx, p, c, b)
+		if i < 0 {
+			return nil
+		}
+		m := &b.msgs[i]
+		c.sent++
+		failEnv := func(err error) error {
+			b.requeue(i, softFail(err), reused && replies == 0)
+			return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
+		}
+		steps := [...]struct {
+			line string
+			want int
+		}{{"MAIL FROM:<" + m.From + ">", 250}, {"RCPT TO:<" + m.To + ">", 250}, {"DATA", 354}}
+		var failure *channel.Outcome
+		for k, s := range steps {
+			c.w.WriteString(s.line)
+			c.w.WriteString("\r\n")
+			if err := c.flush(); err != nil {
+				return failEnv(err)
+			}
+			code, err := c.readReply()
+			if err != nil {
+				return failEnv(err)
+			}
+			replies++
+			if code/100 == 2 && s.want == 250 || code == s.want {
+				continue
+			}
+			o := outcome(code, c.text)
+			failure = &o
+			if k == 1 {
+				t.feedback(m.To, code)
+			}
+			break
+		}
+		if failure != nil {
+			if c.broken {
+				b.requeue(i, *failure, false)
+				return nil
+			}
+			b.out[i] = *failure
+			if err := c.cmd("RSET", 250, "RSET"); err != nil {
+				return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
+			}
+			continue
+		}
+		end := c.writeData(m.Data)
+		err := c.flush()
+		var code int
+		if err == nil {
+			code, err = c.readReply()
+		}
+		if err != nil {
+			if c.flushed >= end {
+				b.out[i] = unknown(err)
+			} else {
+				b.requeue(i, softFail(err), false)
+			}
+			return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
+		}
+		replies++
+		b.out[i] = outcome(code, c.text)
+		t.feedback(m.To, code)
+		if c.broken {
+			return nil
+		}
+	}
+}
+
+func softFail(err error) channel.Outcome {
+	return channel.Outcome{Status: channel.SoftFail, Text: "not sent: " + err.Error()}
+}
+
+func unknown(err error) channel.Outcome {
+	return channel.Outcome{Status: channel.Unknown, Text: "connection lost after the message data was sent, before the server answered: " + err.Error()}
+}
+
+// batch is the work of one Send: messages are taken in order, and given
+// back when a connection fails before handing them over.
+type batch struct {
+	msgs []channel.Message
+	out  []channel.Outcome
+	max  int
+
+	mu    sync.Mutex
+	next  int
+	retry []int
+	tries map[int]int
+}
+
+func (b *batch) take() (int, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n := len(b.retry); n > 0 {
+		i := b.retry[n-1]
+		b.retry = b.retry[:n-1]
+		return i, true
+	}
+	if b.next < len(b.msgs) {
+		b.next++
+		return b.next - 1, true
+	}
+	return 0, false
+}
+
+// giveBack returns a taken message that was not tried.
+func (b *batch) giveBack(i int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.retry = append(b.retry, i)
+}
+
+// requeue gives a message back after a failed try, or settles it with o
+// once it has been tried max times. A free retry does not count.
+func (b *batch) requeue(i int, o channel.Outcome, free bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !free {
+		if b.tries == nil {
+			b.tries = map[int]int{}
+		}
+		b.tries[i]++
+		if b.tries[i] >= b.max {
+			b.out[i] = o
+			return
+		}
+	}
+	b.retry = append(b.retry, i)
+}
+
+func (b *batch) empty() bool { return b.remaining() == 0 }
+
+func (b *batch) remaining() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.retry) + len(b.msgs) - b.next
+}
+
+// finishRest settles every message not yet taken with o; no worker may run.
+func (b *batch) finishRest(o channel.Outcome) {
+	for _, i := range b.retry {
+		b.out[i] = o
+	}
+	for i := b.next; i < len(b.msgs); i++ {
+		b.out[i] = o
+	}
+	b.retry, b.next = nil, len(b.msgs)
+}

@@ -1,0 +1,527 @@
+package email
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/channel/email/smtptest"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// testBody is a small message whose lines exercise dot-stuffing.
+const testBody = "From: <news@herald.test>\r\nTo: <%s>\r\nSubject: test %d\r\n\r\n" +
+	"Hello.\r\n.leading dot\r\n..two dots\r\n.\r\nend\r\n"
+
+func testMessages(n int, to func(i int) string) []channel.Message {
+	msgs := make([]channel.Message, n)
+	for i := range msgs {
+		rcpt := to(i)
+		msgs[i] = channel.Message{
+			ID: int64(i + 1), To: rcpt, From: "bounces@herald.test",
+			Data: fmt.Appendf(nil, testBody, rcpt, i),
+		}
+	}
+	return msgs
+}
+
+func rcptN(i int) string { return fmt.Sprintf("user%d@example.com", i) }
+
+func newTestTransport(t *testing.T, opts Options, relays ...Relay) *Transport {
+	t.Helper()
+	opts.Relays = relays
+	if opts.HelloName == "" {
+		opts.HelloName = "client.herald.test"
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	tr, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+func plainRelay(s *smtptest.Server, maxConns int) Relay {
+	return Relay{Addr: s.Addr(), TLS: TLSNone, MaxConns: maxConns}
+}
+
+func send(t *testing.T, tr *Transport, msgs []channel.Message) []channel.Outcome {
+	t.Helper()
+	out := make([]channel.Outcome, len(msgs))
+	if err := tr.Send(context.Background(), msgs, out); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	return out
+}
+
+func wantStatus(t *testing.T, out []channel.Outcome, i int, want channel.Status) {
+	t.Helper()
+	if out[i].Status != want {
+		t.Errorf("out[%d] = %+v, want status %v", i, out[i], want)
+	}
+}
+
+// checkReceived verifies the server got each sent message byte for byte.
+func checkReceived(t *testing.T, s *smtptest.Server, msgs []channel.Message, out []channel.Outcome) {
+	t.Helper()
+	got := map[string][]byte{}
+	for _, m := range s.Messages() {
+		if len(m.To) != 1 {
+			t.Fatalf("message with %d recipients", len(m.To))
+		}
+		got[m.To[0]] = m.Data
+	}
+	for i, m := range msgs {
+		if out[i].Status != channel.Sent {
+			continue
+		}
+		if d, ok := got[m.To]; !ok {
+			t.Errorf("message %d reported sent but not received", i)
+		} else if !bytes.Equal(d, m.Data) {
+			t.Errorf("message %d received as\n%q\nwant\n%q", i, d, m.Data)
+		}
+	}
+}
+
+func TestSendModes(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		noPipelining bool
+	}{{"pipelined", false}, {"lockstep", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			tr := newTestTransport(t, Options{}, plainRelay(s, 3))
+			msgs := testMessages(40, rcptN)
+			out := send(t, tr, msgs)
+			for i := range out {
+				wantStatus(t, out, i, channel.Sent)
+				if out[i].Code != 250 || !strings.HasPrefix(out[i].ProviderID, "Q") {
+					t.Errorf("out[%d] = %+v, want code 250 and a queue id", i, out[i])
+				}
+			}
+			if s.Count() != 40 {
+				t.Errorf("server accepted %d messages, want 40", s.Count())
+			}
+			checkReceived(t, s, msgs, out)
+			c := <-tr.pools[0].idle
+			if c.pipelining == tc.noPipelining {
+				t.Errorf("connection pipelining = %v with server NoPipelining = %v", c.pipelining, tc.noPipelining)
+			}
+			tr.put(tr.pools[0], c)
+
+			// Connections are reused by the next Send.
+			conns := s.Connections()
+			send(t, tr, testMessages(10, rcptN))
+			if s.Connections() != conns {
+				t.Errorf("second Send opened %d new connections, want 0", s.Connections()-conns)
+			}
+		})
+	}
+}
+
+func TestDataNormalization(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	tr := newTestTransport(t, Options{}, plainRelay(s, 1))
+	msgs := []channel.Message{
+		{To: "a@example.com", Data: []byte(".first\nbare LF\r\n.\n..x\nno final newline")},
+		{To: "b@example.com", Data: []byte("Subject: x\r\n\r\n.")},
+	}
+	out := send(t, tr, msgs)
+	want := map[string]string{
+		"a@example.com": ".first\r\nbare LF\r\n.\r\n..x\r\nno final newline\r\n",
+		"b@example.com": "Subject: x\r\n\r\n.\r\n",
+	}
+	for i := range out {
+		wantStatus(t, out, i, channel.Sent)
+	}
+	for _, m := range s.Messages() {
+		if string(m.Data) != want[m.To[0]] {
+			t.Errorf("%s received %q, want %q", m.To[0], m.Data, want[m.To[0]])
+		}
+	}
+}
+
+func TestTempFailThenSent(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		noPipelining bool
+	}{{"pipelined", false}, {"lockstep", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			s.Script("user1@example.com", smtptest.FailTimes(2, 451, "4.7.1", "greylisted, try later"))
+			clock := newFakeClock()
+			tr := newTestTransport(t, Options{Clock: clock}, plainRelay(s, 1))
+			msgs := testMessages(3, rcptN)
+			for attempt := 1; attempt <= 3; attempt++ {
+				out := send(t, tr, msgs)
+				wantStatus(t, out, 0, channel.Sent)
+				wantStatus(t, out, 2, channel.Sent)
+				if attempt < 3 {
+					want := channel.Outcome{Status: channel.SoftFail, Code: 451, Enhanced: "4.7.1", Text: "greylisted, try later"}
+					if out[1] != want {
+						t.Errorf("attempt %d: out[1] = %+v, want %+v", attempt, out[1], want)
+					}
+				} else {
+					wantStatus(t, out, 1, channel.Sent)
+				}
+				clock.Advance(time.Minute)
+			}
+			if got := s.Count(); got != 7 {
+				t.Errorf("server accepted %d messages, want 7", got)
+			}
+		})
+	}
+}
+
+func TestTempFailThrottlesDomain(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	s.Script("slow@throttled.example", smtptest.FailTimes(1, 450, "4.2.1", "rate limited"))
+	// 421 closes the connection: the message was not handed over, so it is
+	// tried again on a new connection within the same Send.
+	s.Script("closing@other.example", smtptest.FailTimes(1, 421, "4.7.0", "too many messages"))
+	tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(s, 1))
+	out := send(t, tr, []channel.Message{
+		{To: "slow@throttled.example", Data: []byte("x\r\n")},
+		{To: "other@example.com", Data: []byte("x\r\n")},
+		{To: "closing@other.example", Data: []byte("x\r\n")},
+		{To: "last@example.com", Data: []byte("x\r\n")},
+	})
+	wantStatus(t, out, 0, channel.SoftFail)
+	if out[0].Code != 450 {
+		t.Errorf("out[0] = %+v, want code 450", out[0])
+	}
+	wantStatus(t, out, 1, channel.Sent)
+	wantStatus(t, out, 2, channel.Sent)
+	wantStatus(t, out, 3, channel.Sent)
+	if s.Attempts("closing@other.example") != 2 || s.Connections() != 2 {
+		t.Errorf("421: %d attempts over %d connections, want 2 and 2", s.Attempts("closing@other.example"), s.Connections())
+	}
+	if r := tr.Domains().Rate("throttled.example"); r <= 0 {
+		t.Errorf("throttled.example rate = %v after 421, want a limit", r)
+	}
+	if r := tr.Domains().Rate("example.com"); r != 0 {
+		t.Errorf("example.com rate = %v, want no limit", r)
+	}
+}
+
+func TestHardFail(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		noPipelining bool
+	}{{"pipelined", false}, {"lockstep", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			s.Script("user1@example.com", smtptest.Always(smtptest.Action{Code: 550, Enhanced: "5.1.1", Text: "no such user"}))
+			s.Script("user3@example.com", smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Code: 554, Enhanced: "5.7.1", Text: "content rejected"}))
+			tr := newTestTransport(t, Options{}, plainRelay(s, 1))
+			msgs := testMessages(5, rcptN)
+			out := send(t, tr, msgs)
+			wants := []channel.Outcome{
+				1: {Status: channel.HardFail, Code: 550, Enhanced: "5.1.1", Text: "no such user"},
+				3: {Status: channel.HardFail, Code: 554, Enhanced: "5.7.1", Text: "content rejected"},
+			}
+			for _, i := range []int{1, 3} {
+				if out[i] != wants[i] {
+					t.Errorf("out[%d] = %+v, want %+v", i, out[i], wants[i])
+				}
+			}
+			for _, i := range []int{0, 2, 4} {
+				wantStatus(t, out, i, channel.Sent)
+			}
+			checkReceived(t, s, msgs, out)
+			if s.Connections() != 1 {
+				t.Errorf("used %d connections, want 1 (RSET keeps the connection usable)", s.Connections())
+			}
+		})
+	}
+}
+
+func TestDroppedConnection(t *testing.T) {
+	drop := func(d smtptest.Drop) smtptest.Script {
+		return func(attempt int) smtptest.Action {
+			if attempt == 1 {
+				return smtptest.Action{Stage: smtptest.AtData, Drop: d}
+			}
+			return smtptest.Action{}
+		}
+	}
+	for _, tc := range []struct {
+		name         string
+		noPipelining bool
+		drop         smtptest.Drop
+		maxAttempts  int
+		want         []channel.Status
+	}{
+		// The body of message 2 was sent: Unknown. Message 3's envelope
+		// was pipelined behind it; it is tried again on a new connection.
+		{"pipelined before reply", false, smtptest.DropBeforeReply, 0,
+			[]channel.Status{channel.Sent, channel.Sent, channel.Unknown, channel.Sent, channel.Sent}},
+		// With one attempt allowed, message 3 (never sent) is SoftFail.
+		{"pipelined before reply one attempt", false, smtptest.DropBeforeReply, 1,
+			[]channel.Status{channel.Sent, channel.Sent, channel.Unknown, channel.SoftFail, channel.Sent}},
+		{"pipelined after reply", false, smtptest.DropAfterReply, 1,
+			[]channel.Status{channel.Sent, channel.Sent, channel.Sent, channel.SoftFail, channel.Sent}},
+		{"lockstep before reply", true, smtptest.DropBeforeReply, 1,
+			[]channel.Status{channel.Sent, channel.Sent, channel.Unknown, channel.Sent, channel.Sent}},
+		{"lockstep after reply", true, smtptest.DropAfterReply, 0,
+			[]channel.Status{channel.Sent, channel.Sent, channel.Sent, channel.Sent, channel.Sent}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			s.Script("user2@example.com", drop(tc.drop))
+			tr := newTestTransport(t, Options{MaxAttempts: tc.maxAttempts}, plainRelay(s, 1))
+			msgs := testMessages(5, rcptN)
+			out := send(t, tr, msgs)
+			for i, w := range tc.want {
+				wantStatus(t, out, i, w)
+			}
+			if out[2].Status == channel.Unknown && !strings.Contains(out[2].Text, "connection lost") {
+				t.Errorf("out[2].Text = %q", out[2].Text)
+			}
+			checkReceived(t, s, msgs, out)
+			if s.Attempts("user2@example.com") != 1 {
+				t.Errorf("message 2 tried %d times, want 1", s.Attempts("user2@example.com"))
+			}
+		})
+	}
+}
+
+// deadRelay accepts connections and closes them at once, counting them.
+func deadRelay(t *testing.T) (addr string, accepts *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepts = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepts.Add(1)
+			c.Close()
+		}
+	}()
+	return ln.Addr().String(), accepts
+}
+
+// closedAddr returns an address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func TestFailover(t *testing.T) {
+	dead, accepts := deadRelay(t)
+	s := smtptest.Start(t, smtptest.Options{})
+	clock := newFakeClock()
+	tr := newTestTransport(t, Options{Clock: clock, BackoffMin: time.Second},
+		Relay{Addr: dead, TLS: TLSNone, MaxConns: 2}, plainRelay(s, 2))
+
+	msgs := testMessages(30, rcptN)
+	out := send(t, tr, msgs)
+	for i := range out {
+		wantStatus(t, out, i, channel.Sent)
+	}
+	first := accepts.Load()
+	if first == 0 {
+		t.Fatal("the dead relay was never tried")
+	}
+
+	// Within the back-off the dead relay is skipped.
+	out = send(t, tr, msgs)
+	for i := range out {
+		wantStatus(t, out, i, channel.Sent)
+	}
+	if got := accepts.Load(); got != first {
+		t.Errorf("dead relay dialled %d more times during its back-off", got-first)
+	}
+
+	// After the back-off it is tried again, and skipped for twice as long.
+	clock.Advance(1100 * time.Millisecond)
+	send(t, tr, msgs)
+	second := accepts.Load()
+	if second == first {
+		t.Error("dead relay not retried after its back-off")
+	}
+	clock.Advance(1100 * time.Millisecond)
+	send(t, tr, msgs)
+	if accepts.Load() != second {
+		t.Error("dead relay retried before its doubled back-off")
+	}
+	if s.Count() != 4*30 {
+		t.Errorf("live relay accepted %d, want %d", s.Count(), 4*30)
+	}
+}
+
+func TestAllRelaysDown(t *testing.T) {
+	dead, _ := deadRelay(t)
+	tr := newTestTransport(t, Options{Clock: newFakeClock()},
+		Relay{Addr: closedAddr(t), TLS: TLSNone}, Relay{Addr: dead, TLS: TLSNone})
+	out := send(t, tr, testMessages(20, rcptN))
+	for i := range out {
+		wantStatus(t, out, i, channel.SoftFail)
+		if out[i].Code != 0 || !strings.Contains(out[i].Text, "no SMTP relay reachable") {
+			t.Errorf("out[%d] = %+v", i, out[i])
+		}
+	}
+}
+
+func TestInvalidMessages(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	tr := newTestTransport(t, Options{}, plainRelay(s, 1))
+	out := send(t, tr, []channel.Message{
+		{To: "evil@example.com>\r\nRCPT TO:<other@example.com", Data: []byte("x\r\n")},
+		{To: "no-at-sign", Data: []byte("x\r\n")},
+		{To: "ok@example.com", Data: nil},
+		{To: "ok@example.com", Data: []byte("x\r\n")},
+	})
+	for i := range 3 {
+		wantStatus(t, out, i, channel.HardFail)
+		if out[i].Code != 0 {
+			t.Errorf("out[%d].Code = %d, want 0 (decided locally)", i, out[i].Code)
+		}
+	}
+	wantStatus(t, out, 3, channel.Sent)
+	if s.Count() != 1 {
+		t.Errorf("server accepted %d, want 1", s.Count())
+	}
+}
+
+func TestContextCancelled(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	tr := newTestTransport(t, Options{}, plainRelay(s, 1))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	msgs := testMessages(3, rcptN)
+	out := make([]channel.Outcome, 3)
+	if err := tr.Send(ctx, msgs, out); err != nil {
+		t.Fatal(err)
+	}
+	for i := range out {
+		wantStatus(t, out, i, channel.Deferred)
+	}
+	if s.Count() != 0 {
+		t.Errorf("server accepted %d after cancel", s.Count())
+	}
+}
+
+func TestClosedAndShortOut(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	tr := newTestTransport(t, Options{}, plainRelay(s, 1))
+	msgs := testMessages(2, rcptN)
+	if err := tr.Send(context.Background(), msgs, make([]channel.Outcome, 1)); err == nil {
+		t.Error("Send with a short out slice: no error")
+	}
+	tr.Close()
+	out := make([]channel.Outcome, 2)
+	if err := tr.Send(context.Background(), msgs, out); err != channel.ErrClosed {
+		t.Errorf("Send after Close = %v, want ErrClosed", err)
+	}
+	wantStatus(t, out, 0, channel.Deferred)
+}
+
+func TestMaxPerConn(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	r := plainRelay(s, 1)
+	r.MaxPerConn = 3
+	tr := newTestTransport(t, Options{}, r)
+	out := send(t, tr, testMessages(10, rcptN))
+	for i := range out {
+		wantStatus(t, out, i, channel.Sent)
+	}
+	if got := s.Connections(); got != 4 {
+		t.Errorf("used %d connections, want 4", got)
+	}
+}
+
+func TestTLSAndAuth(t *testing.T) {
+	serverTLS, clientTLS := smtptest.SelfSigned(t)
+	users := map[string]string{"herald": "s3cret"}
+	for _, tc := range []struct {
+		name     string
+		opts     smtptest.Options
+		relay    Relay
+		wantSent bool
+		wantText string
+		sysRoots bool
+	}{
+		{"starttls plain", smtptest.Options{TLSConfig: serverTLS, Users: users},
+			Relay{TLS: TLSRequired, Username: "herald", Password: "s3cret"}, true, "", false},
+		{"starttls login", smtptest.Options{TLSConfig: serverTLS, Users: users, AuthMechs: []string{"LOGIN"}},
+			Relay{TLS: TLSOpportunistic, Username: "herald", Password: "s3cret"}, true, "", false},
+		{"implicit tls", smtptest.Options{TLSConfig: serverTLS, ImplicitTLS: true, Users: users},
+			Relay{TLS: TLSImplicit, Username: "herald", Password: "s3cret"}, true, "", false},
+		{"wrong password", smtptest.Options{TLSConfig: serverTLS, Users: users},
+			Relay{TLS: TLSRequired, Username: "herald", Password: "nope"}, false, "535", false},
+		{"starttls required but missing", smtptest.Options{},
+			Relay{TLS: TLSRequired}, false, "STARTTLS", false},
+		{"untrusted certificate", smtptest.Options{TLSConfig: serverTLS},
+			Relay{TLS: TLSRequired}, false, "certificate", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, tc.opts)
+			r := tc.relay
+			r.Addr = s.Addr()
+			if !tc.sysRoots { // system roots do not trust the test certificate
+				r.TLSConfig = clientTLS
+			}
+			tr := newTestTransport(t, Options{Clock: newFakeClock()}, r)
+			out := send(t, tr, testMessages(3, rcptN))
+			for i := range out {
+				if tc.wantSent {
+					wantStatus(t, out, i, channel.Sent)
+				} else {
+					wantStatus(t, out, i, channel.SoftFail)
+					if !strings.Contains(out[i].Text, tc.wantText) {
+						t.Errorf("out[%d].Text = %q, want it to mention %q", i, out[i].Text, tc.wantText)
+					}
+				}
+			}
+			for _, m := range s.Messages() {
+				if !m.TLS || (tc.opts.Users != nil && m.User != "herald") {
+					t.Errorf("message received with TLS=%v user=%q", m.TLS, m.User)
+				}
+			}
+		})
+	}
+}
