@@ -48,6 +48,7 @@ import (
 
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/problem"
+	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/store"
 )
 
@@ -140,44 +141,21 @@ func ParseStatus(s string) (Status, error) {
 func (s Status) Blocks() bool { return s == StatusQuarantine || s == StatusDenylist }
 
 // NormalizeAddress returns the key under which an address is kept, or an Invalid problem
-// saying what is wrong with it. Email: trimmed, the local part as given and the domain
-// lower-cased. SMS: E.164, + and 8 to 15 digits, from a number written with spaces, dots,
-// dashes or parentheses. Push: the token as is (no spaces, at most MaxPushTokenLength bytes).
+// saying what is wrong with it. Email: the profile's email key (profile.NormalizeEmail: the
+// local part as given, the domain lower-cased). SMS: E.164 (profile.NormalizePhone). Push: the token as is (no spaces, at most MaxPushTokenLength bytes).
 func NormalizeAddress(channel Channel, addr string) (string, error) {
 	switch channel {
 	case Email:
-		a := strings.TrimSpace(addr)
-		at := strings.LastIndexByte(a, '@')
-		if at <= 0 || at == len(a)-1 {
-			return "", problem.Invalidf("address", "%q is not an email address: it needs an @ between a name and a domain", addr)
+		// The same key as profiles.email_key, so quarantine and profiles match.
+		_, key, _, err := profile.NormalizeEmail(addr)
+		if err != nil {
+			return "", problem.Invalidf("address", "%v", err)
 		}
-		if len(a) > 254 {
-			return "", problem.Invalidf("address", "the email address %q is longer than 254 characters", addr)
-		}
-		if i := strings.IndexFunc(a, unicode.IsSpace); i >= 0 || !utf8.ValidString(a) {
-			return "", problem.Invalidf("address", "%q is not an email address: it contains spaces or invalid characters", addr)
-		}
-		return a[:at] + "@" + strings.ToLower(a[at+1:]), nil
+		return key, nil
 	case SMS:
-		s := strings.TrimSpace(addr)
-		var b strings.Builder
-		for i, r := range s {
-			switch {
-			case r == '+' && i == 0:
-				b.WriteByte('+')
-			case r >= '0' && r <= '9':
-				b.WriteRune(r)
-			case r == ' ' || r == '-' || r == '.' || r == '(' || r == ')':
-			default:
-				return "", problem.Invalidf("address", "%q is not a phone number: %q is not allowed", addr, r)
-			}
-		}
-		p := b.String()
-		if !strings.HasPrefix(p, "+") {
-			return "", problem.Invalidf("address", "%q is not in international (E.164) form: start it with + and the country code", addr)
-		}
-		if n := len(p) - 1; n < 8 || n > 15 || p[1] == '0' {
-			return "", problem.Invalidf("address", "%q is not a valid E.164 number: it needs 8 to 15 digits after +, not starting with 0", addr)
+		p, err := profile.NormalizePhone(addr)
+		if err != nil {
+			return "", problem.Invalidf("address", "%v", err)
 		}
 		return p, nil
 	case Push:
