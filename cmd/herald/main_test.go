@@ -289,3 +289,47 @@ func TestImportProfilesCommand(t *testing.T) {
 		t.Fatalf("missing file accepted: %s", out)
 	}
 }
+
+func TestDeliveryCommands(t *testing.T) {
+	dsn := storetest.DSN(t, store.SQLite)
+	for _, u := range [][]string{{"maker", "Prepare deliveries"}, {"starter", "Start deliveries"}} {
+		if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
+			t.Fatalf("user add: %v\n%s", err, out)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "p.csv")
+	_ = os.WriteFile(file, []byte("email,first_name\nann@example.com,Ann\nbob@example.com,Bob\n"), 0o600)
+	if out, err := run(t, dsn, "", "import", "profiles", file); err != nil {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	s := startServer(t, dsn)
+	tok, err := run(t, dsn, "", "token", "create", "--login", "maker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", "http://"+s.addr+"/api/v1/audiences", strings.NewReader(`{"name": "all", "filter": "id > 0"}`))
+	req.Header.Set("Authorization", "Bearer "+strings.Fields(tok)[0])
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 201 {
+		t.Fatalf("audience: %v %v", resp.StatusCode, err)
+	}
+	d := `{"name": "Hello", "channel": "email", "audience_id": 1, "content": {"from_name": "H", "from_address": "h@herald.example",
+		"subject": "Hi {{.attributes.first_name}}", "html": "<p>Hi</p><a href=\"{{.unsubscribe_url}}\">Unsubscribe</a>"}}`
+	out, err := run(t, dsn, d, "delivery", "create", "--login", "maker")
+	if err != nil || !strings.Contains(out, `"state": "draft"`) {
+		t.Fatalf("delivery create: %v\n%s", err, out)
+	}
+	if out, err := run(t, dsn, "", "delivery", "prepare", "1", "--login", "maker"); err != nil || !strings.Contains(out, `"state": "ready"`) {
+		t.Fatalf("delivery prepare: %v\n%s", err, out)
+	}
+	if out, err := run(t, dsn, "", "delivery", "confirm", "1", "--login", "maker"); err == nil || !strings.Contains(out, `"Start deliveries"`) {
+		t.Fatalf("confirm by maker: %v\n%s", err, out)
+	}
+	if out, err := run(t, dsn, "", "delivery", "confirm", "1", "--login", "starter"); err != nil || !strings.Contains(out, `"state": "sending"`) {
+		t.Fatalf("confirm by starter: %v\n%s", err, out)
+	}
+	if out, err := run(t, dsn, "", "delivery", "list", "--state", "sending"); err != nil || !strings.Contains(out, `"Hello"`) {
+		t.Fatalf("delivery list: %v\n%s", err, out)
+	}
+	s.stop(t)
+}

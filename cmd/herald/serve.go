@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/config"
+	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
@@ -64,12 +66,20 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	}
 
 	quarantineSvc := quarantine.NewService(db, clk, log)
+	deliverySvc := delivery.NewService(db, clk, log)
+	if n, err := deliverySvc.FailInterrupted(ctx); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("preparations interrupted by a stop were marked prepare_failed", "deliveries", n)
+	}
 	srv := web.NewServer(web.Deps{DB: db, Auth: authSvc, Clock: clk, Log: log,
 		Config:     web.Config{PublicURL: cfg.PublicURL, Version: buildVersion()},
 		Quarantine: quarantineSvc,
 		Profiles:   profile.NewService(db, clk, log),
 		Audiences:  audience.NewService(db, clk, log),
+		Deliveries: deliverySvc,
 	})
+	go runScheduler(ctx, deliverySvc, clk, log)
 
 	// Nightly jobs. Each is idempotent, so several nodes running them is harmless.
 	jobs := cron.New(cron.WithLocation(time.UTC))
@@ -144,4 +154,26 @@ func openAuth(ctx context.Context, cfg *config.Config) (*store.DB, *auth.Service
 		return nil, nil, err
 	}
 	return db, auth.NewService(db, clock.Real{}, cfg.Logger()), nil
+}
+
+// runScheduler starts the send of scheduled deliveries whose contact date has come, checking
+// every second until ctx ends. Starting is a checked state change, so several nodes running
+// it at once start each delivery once.
+func runScheduler(ctx context.Context, svc *delivery.Service, clk clock.Clock, log *slog.Logger) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids, err := svc.DueScheduled(ctx, clk.Now())
+		if err != nil && ctx.Err() == nil {
+			log.Error("scheduler", "err", err)
+		}
+		for _, id := range ids {
+			log.Info("scheduled delivery started", "delivery", id)
+		}
+	}
 }

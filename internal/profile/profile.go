@@ -95,7 +95,17 @@ type normalized struct {
 	optEmail  *bool
 	optSMS    *bool
 	optPush   *bool
-	matchable bool // has an email or external id to match on
+	matchable bool   // has an email or external id to match on
+	attrsJSON string // attrs as JSON when none is null: what a new profile stores
+}
+
+func hasNil(m map[string]any) bool {
+	for _, v := range m {
+		if v == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // normalize validates in and returns its stored form, or every field error found.
@@ -165,6 +175,8 @@ func normalize(in Input) (normalized, []FieldError) {
 			bad("attributes", fmt.Errorf("attributes must be JSON values: %v", err))
 		} else if len(b) > MaxAttributesBytes {
 			bad("attributes", fmt.Errorf("attributes take %d bytes; the limit is %d", len(b), MaxAttributesBytes))
+		} else if !hasNil(in.Attributes) {
+			n.attrsJSON = string(b) // a new profile's attributes, encoded off the writer's path
 		}
 		n.attrs = in.Attributes
 	}

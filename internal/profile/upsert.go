@@ -40,6 +40,8 @@ type slot struct {
 	p     Profile
 	isNew bool
 	dirty bool
+	// attrsJSON is p.Attributes encoded, while it is known; "" means encode when writing.
+	attrsJSON string
 }
 
 type batchResult struct {
@@ -143,7 +145,10 @@ func resolve(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending,
 				continue
 			}
 			p, _ := b.n.apply(Profile{CreatedAt: now, UpdatedAt: now})
-			s := &slot{p: p, isNew: true}
+			s := &slot{p: p, isNew: true, attrsJSON: b.n.attrsJSON}
+			if s.attrsJSON == "" && len(p.Attributes) == 0 {
+				s.attrsJSON = "{}"
+			}
 			res.inserted = append(res.inserted, s)
 			res.outcomes[i], res.slots[i] = outCreated, s
 			index(byKey, byExt, s)
@@ -173,7 +178,7 @@ func resolve(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending,
 			}
 		}
 		merged.UpdatedAt = now
-		target.p = merged
+		target.p, target.attrsJSON = merged, ""
 		if !target.isNew && !target.dirty {
 			target.dirty = true
 			res.updated = append(res.updated, target)
@@ -226,9 +231,21 @@ func inQuery(eng store.Engine, prefix string, vals []string) (string, []any) {
 var insertColumns = []string{"email", "email_key", "email_domain", "phone", "push_tokens", "time_zone", "locale",
 	"external_id", "attributes", "opt_out_email", "opt_out_sms", "opt_out_push", "created_at", "updated_at"}
 
-func insertValues(p *Profile) []any {
-	return []any{nullable(p.Email), nullable(p.emailKey), nullable(p.EmailDomain), nullable(p.Phone), jsonText(p.PushTokens),
-		nullable(p.TimeZone), nullable(p.Locale), nullable(p.ExternalID), jsonText(p.Attributes),
+func insertValues(p *Profile) []any { return slotValues(&slot{p: *p}) }
+
+// slotValues is insertValues for a slot, reusing its encoded attributes when it has them.
+func slotValues(s *slot) []any {
+	p := &s.p
+	attrs := s.attrsJSON
+	if attrs == "" {
+		attrs = jsonText(p.Attributes)
+	}
+	tokens := "[]"
+	if len(p.PushTokens) > 0 {
+		tokens = jsonText(p.PushTokens)
+	}
+	return []any{nullable(p.Email), nullable(p.emailKey), nullable(p.EmailDomain), nullable(p.Phone), tokens,
+		nullable(p.TimeZone), nullable(p.Locale), nullable(p.ExternalID), attrs,
 		p.OptOutEmail, p.OptOutSMS, p.OptOutPush, p.CreatedAt.UnixMilli(), p.UpdatedAt.UnixMilli()}
 }
 
@@ -270,7 +287,7 @@ func write(ctx context.Context, db *store.DB, conn *sql.Conn, tx *sql.Tx, r *bat
 func insertReturning(ctx context.Context, tx *sql.Tx, slots []*slot) error {
 	q := `INSERT INTO profiles (` + strings.Join(insertColumns, ", ") + `) VALUES (` + placeholders(0, len(insertColumns)) + `) RETURNING id`
 	for _, s := range slots {
-		if err := tx.QueryRowContext(ctx, q, insertValues(&s.p)...).Scan(&s.p.ID); err != nil {
+		if err := tx.QueryRowContext(ctx, q, slotValues(s)...).Scan(&s.p.ID); err != nil {
 			if store.IsUniqueViolation(err) {
 				return fmt.Errorf("a profile with this email or external id was created at the same time; try again: %w", err)
 			}
@@ -306,7 +323,7 @@ func jsonInsert(ctx context.Context, tx *sql.Tx, slots []*slot) error {
 			if i > 0 {
 				buf = append(buf, ',')
 			}
-			buf = appendJSONRow(buf, insertValues(&s.p))
+			buf = appendJSONRow(buf, slotValues(s))
 		}
 		buf = append(buf, ']')
 		if _, err := stmt.ExecContext(ctx, string(buf)); err != nil {
@@ -386,7 +403,7 @@ func copyInsert(ctx context.Context, conn *sql.Conn, slots []*slot) error {
 		pc := dc.(*stdlib.Conn).Conn()
 		rows := make([][]any, len(slots))
 		for i, s := range slots {
-			rows[i] = insertValues(&s.p)
+			rows[i] = slotValues(s)
 		}
 		_, err := pc.CopyFrom(ctx, pgx.Identifier{"profiles"}, insertColumns, pgx.CopyFromRows(rows))
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/heraldhq/herald/internal/audience"
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
@@ -43,6 +44,7 @@ type Deps struct {
 	Quarantine *quarantine.Service
 	Profiles   *profile.Service
 	Audiences  *audience.Service
+	Deliveries *delivery.Service
 }
 
 // Server routes HTTP requests to handlers.

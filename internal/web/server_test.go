@@ -19,6 +19,7 @@ import (
 	"github.com/heraldhq/herald/internal/audit"
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
@@ -51,6 +52,7 @@ func newTestEnv(t *testing.T, db *store.DB) *testEnv {
 		Quarantine: quarantine.NewService(db, clk, log),
 		Profiles:   profile.NewService(db, clk, log),
 		Audiences:  audience.NewService(db, clk, log),
+		Deliveries: delivery.NewService(db, clk, log),
 	})
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
@@ -140,6 +142,25 @@ var roleRule = map[string]string{
 	"GET /api/v1/audiences/{id}/preview":    readers,
 	"POST /api/v1/audiences/{id}/members":   "Prepare deliveries",
 	"DELETE /api/v1/audiences/{id}/members": "Prepare deliveries",
+
+	"POST /api/v1/deliveries":                "Prepare deliveries",
+	"GET /api/v1/deliveries":                 "authenticated",
+	"GET /api/v1/deliveries/{id}":            "authenticated",
+	"PATCH /api/v1/deliveries/{id}":          "Prepare deliveries",
+	"DELETE /api/v1/deliveries/{id}":         "Prepare deliveries",
+	"GET /api/v1/deliveries/{id}/preview":    "Prepare deliveries | Approve deliveries",
+	"POST /api/v1/deliveries/{id}/prepare":   "Prepare deliveries",
+	"POST /api/v1/deliveries/{id}/proof":     "Prepare deliveries",
+	"GET /api/v1/deliveries/{id}/proofs":     "authenticated",
+	"POST /api/v1/deliveries/{id}/approvals": "Approve deliveries",
+	"GET /api/v1/deliveries/{id}/approvals":  "authenticated",
+	"POST /api/v1/deliveries/{id}/confirm":   "Start deliveries",
+	"POST /api/v1/deliveries/{id}/pause":     "Start deliveries",
+	"POST /api/v1/deliveries/{id}/resume":    "Start deliveries",
+	"POST /api/v1/deliveries/{id}/stop":      "Start deliveries",
+	"GET /api/v1/typology-rules":             "authenticated",
+	"POST /api/v1/typology-rules":            "Administration",
+	"PUT /api/v1/typology-rules/{id}":        "Administration",
 }
 
 // readers may read profiles and audiences: whoever builds, checks, imports or exports targets.
