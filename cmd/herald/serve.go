@@ -21,6 +21,7 @@ import (
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/web"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 func serveCmd(cfg *config.Config) *cobra.Command {
@@ -78,8 +79,10 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 		Profiles:   profile.NewService(db, clk, log),
 		Audiences:  audience.NewService(db, clk, log),
 		Deliveries: deliverySvc,
+		Webhooks:   webhook.NewService(db, clk, log),
 	})
 	go runScheduler(ctx, deliverySvc, clk, log)
+	go (&webhook.Dispatcher{DB: db, Clock: clk, Log: log}).Run(ctx, 2*time.Second)
 
 	// Nightly jobs. Each is idempotent, so several nodes running them is harmless.
 	jobs := cron.New(cron.WithLocation(time.UTC))

@@ -110,6 +110,10 @@ func (s *Server) routeTable() []route {
 		{"POST", "/api/v1/typology-rules", needs(auth.Administration), s.handleCreateRule},
 		{"PUT", "/api/v1/typology-rules/{id}", needs(auth.Administration), s.handleUpdateRule},
 
+		{"GET", "/api/v1/event-webhooks", needs(auth.Administration), s.handleListWebhooks},
+		{"POST", "/api/v1/event-webhooks", needs(auth.Administration), s.handleCreateWebhook},
+		{"DELETE", "/api/v1/event-webhooks/{id}", needs(auth.Administration), s.handleDeleteWebhook},
+
 		{"GET", "/api/v1/quarantine", needs(auth.Administration), s.handleListQuarantine},
 		{"POST", "/api/v1/quarantine/bulk", needs(auth.Administration), s.handleBulkQuarantine},
 		{"GET", "/api/v1/quarantine/{channel}/{address}", needs(auth.Administration), s.handleGetQuarantine},

@@ -21,6 +21,7 @@ import (
 	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 // Config is what the HTTP layer needs to know of Herald's settings.
@@ -45,6 +46,7 @@ type Deps struct {
 	Profiles   *profile.Service
 	Audiences  *audience.Service
 	Deliveries *delivery.Service
+	Webhooks   *webhook.Service
 }
 
 // Server routes HTTP requests to handlers.

@@ -24,6 +24,7 @@ import (
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 // testEnv is a Herald HTTP server over a fresh database, with an administrator.
@@ -53,6 +54,7 @@ func newTestEnv(t *testing.T, db *store.DB) *testEnv {
 		Profiles:   profile.NewService(db, clk, log),
 		Audiences:  audience.NewService(db, clk, log),
 		Deliveries: delivery.NewService(db, clk, log),
+		Webhooks:   webhook.NewService(db, clk, log),
 	})
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
@@ -161,6 +163,10 @@ var roleRule = map[string]string{
 	"GET /api/v1/typology-rules":             "authenticated",
 	"POST /api/v1/typology-rules":            "Administration",
 	"PUT /api/v1/typology-rules/{id}":        "Administration",
+
+	"GET /api/v1/event-webhooks":         "Administration",
+	"POST /api/v1/event-webhooks":        "Administration",
+	"DELETE /api/v1/event-webhooks/{id}": "Administration",
 }
 
 // readers may read profiles and audiences: whoever builds, checks, imports or exports targets.
