@@ -328,8 +328,32 @@ func TestDeliveryCommands(t *testing.T) {
 	if out, err := run(t, dsn, "", "delivery", "confirm", "1", "--login", "starter"); err != nil || !strings.Contains(out, `"state": "sending"`) {
 		t.Fatalf("confirm by starter: %v\n%s", err, out)
 	}
-	if out, err := run(t, dsn, "", "delivery", "list", "--state", "sending"); err != nil || !strings.Contains(out, `"Hello"`) {
-		t.Fatalf("delivery list: %v\n%s", err, out)
+	// The server's engine sends it in capture mode: both messages appear at /api/v1/captured,
+	// personalised, and the delivery finishes.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, page := getJSON(t, "http://"+s.addr+"/api/v1/captured", strings.Fields(tok)[0])
+		msgs, _ := page["messages"].([]any)
+		if code == 200 && len(msgs) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("captured messages after 30 s: %d %v", code, page)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for {
+		code, d := getJSON(t, "http://"+s.addr+"/api/v1/deliveries/1", strings.Fields(tok)[0])
+		if code == 200 && d["state"] == "finished" {
+			if p := d["progress"].(map[string]any); p["done"] != 2.0 {
+				t.Fatalf("progress of a finished delivery: %v", p)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("delivery not finished: %d %v", code, d)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	s.stop(t)
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -14,12 +15,17 @@ import (
 
 	"github.com/heraldhq/herald/internal/audience"
 	"github.com/heraldhq/herald/internal/auth"
+	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/channel/email"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
+	"github.com/heraldhq/herald/internal/sending"
+	"github.com/heraldhq/herald/internal/stats"
 	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/tracking"
 	"github.com/heraldhq/herald/internal/web"
 	"github.com/heraldhq/herald/internal/webhook"
 )
@@ -67,20 +73,35 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	}
 
 	quarantineSvc := quarantine.NewService(db, clk, log)
+	profileSvc := profile.NewService(db, clk, log)
 	deliverySvc := delivery.NewService(db, clk, log)
 	if n, err := deliverySvc.FailInterrupted(ctx); err != nil {
 		return err
 	} else if n > 0 {
 		log.Warn("preparations interrupted by a stop were marked prepare_failed", "deliveries", n)
 	}
+	trackingHandlers, recorder, links, err := startTracking(ctx, db, cfg, profileSvc, log)
+	if err != nil {
+		return err
+	}
+	statsSvc := stats.NewService(db, clk, log)
+	go statsSvc.RunReconcile(ctx, time.Hour)
+
 	srv := web.NewServer(web.Deps{DB: db, Auth: authSvc, Clock: clk, Log: log,
 		Config:     web.Config{PublicURL: cfg.PublicURL, Version: buildVersion()},
 		Quarantine: quarantineSvc,
-		Profiles:   profile.NewService(db, clk, log),
+		Profiles:   profileSvc,
 		Audiences:  audience.NewService(db, clk, log),
 		Deliveries: deliverySvc,
 		Webhooks:   webhook.NewService(db, clk, log),
+		Stats:      statsSvc,
+		Tracking:   trackingHandlers,
 	})
+	srv.Registry().MustRegister(recorder)
+	engine, sender, err := startEngine(ctx, db, cfg, clk, deliverySvc, quarantineSvc, links, log)
+	if err != nil {
+		return err
+	}
 	go runScheduler(ctx, deliverySvc, clk, log)
 	go (&webhook.Dispatcher{DB: db, Clock: clk, Log: log}).Run(ctx, 2*time.Second)
 
@@ -120,6 +141,15 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	defer cancel()
 	if err := httpSrv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("shut down HTTP server: %w", err)
+	}
+	// Batches in hand are written back before the process ends; then the connections close.
+	engine.Stop()
+	if err := sender.Close(); err != nil {
+		log.Warn("closing the sender", "err", err)
+	}
+	// Tracking hits queued in memory are written before the process ends.
+	if err := recorder.Close(shutdownCtx); err != nil {
+		log.Error("tracking hits not written", "err", err)
 	}
 	log.Info("stopped")
 	return nil
@@ -179,4 +209,66 @@ func runScheduler(ctx context.Context, svc *delivery.Service, clk clock.Clock, l
 			log.Info("scheduled delivery started", "delivery", id)
 		}
 	}
+}
+
+// startTracking builds the /t/ endpoints: the signing key (made once, shared by every node
+// through the settings table), click targets, the hit queue and its database writer.
+func startTracking(ctx context.Context, db *store.DB, cfg *config.Config, profiles *profile.Service, log *slog.Logger) (*tracking.Handlers, *tracking.Recorder, *tracking.Links, error) {
+	key, err := tracking.LoadOrCreateKey(ctx, db)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	signer, err := tracking.NewSigner(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	links, err := tracking.NewLinks(cfg.PublicURL, signer)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	targets := tracking.NewTargets(tracking.NewSQLTargets(db, 0), tracking.TargetsOptions{Fallback: cfg.PublicURL})
+	sink := tracking.NewSQLSink(db, tracking.NewClassifier(tracking.ClassifierOptions{}))
+	rec := tracking.NewRecorder(sink, tracking.RecorderOptions{Log: log})
+	h := tracking.NewHandlers(tracking.HandlersOptions{Signer: signer, Targets: targets, Recorder: rec, Sink: sink,
+		Mirror: tracking.NewMirrorPages(db, profiles, links, targets), Log: log})
+	return h, rec, links, nil
+}
+
+// startEngine starts the sending engine: over the relays of HERALD_SMTP_RELAYS, or in capture
+// mode (messages kept in the database and listed at /api/v1/captured) when none is set.
+func startEngine(ctx context.Context, db *store.DB, cfg *config.Config, clk clock.Clock, deliveries *delivery.Service,
+	q *quarantine.Service, links *tracking.Links, log *slog.Logger) (*sending.Engine, channel.Sender, error) {
+	var sender channel.Sender
+	if cfg.SMTPRelays != "" {
+		relays, err := email.ParseRelays(cfg.SMTPRelays)
+		if err != nil {
+			return nil, nil, fmt.Errorf("HERALD_SMTP_RELAYS: %w", err)
+		}
+		t, err := email.New(email.Options{Relays: relays, Logger: log})
+		if err != nil {
+			return nil, nil, fmt.Errorf("HERALD_SMTP_RELAYS: %w", err)
+		}
+		sender = t
+		log.Info("sending through SMTP", "relays", len(relays))
+	} else {
+		sender = sending.NewCaptureSender(db, clk)
+		log.Info("capture mode: no HERALD_SMTP_RELAYS, so messages are kept locally and listed at /api/v1/captured")
+	}
+	var rp *sending.ReturnPath
+	if cfg.BounceDomain != "" {
+		secret, err := db.Secret(ctx, "return_path.key", 32)
+		if err != nil {
+			return nil, nil, err
+		}
+		if rp, err = sending.NewReturnPath(cfg.BounceDomain, secret); err != nil {
+			return nil, nil, fmt.Errorf("HERALD_BOUNCE_DOMAIN: %w", err)
+		}
+	}
+	eng, err := sending.New(sending.Config{DB: db, Deliveries: deliveries, Quarantine: q, Sender: sender, Links: links,
+		ReturnPath: rp, NodeID: os.Getenv("HERALD_NODE_ID"), Clock: clk, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	eng.Start(ctx)
+	return eng, sender, nil
 }

@@ -96,3 +96,20 @@ func TestOpenRefusesMemory(t *testing.T) {
 		t.Fatal("Open in a missing folder succeeded")
 	}
 }
+
+func TestSecretIsMadeOnce(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		a, err := db.Secret(context.Background(), "test.key", 32)
+		if err != nil || len(a) != 32 {
+			t.Fatalf("first: %x %v", a, err)
+		}
+		b, err := db.Secret(context.Background(), "test.key", 32)
+		if err != nil || string(a) != string(b) {
+			t.Fatalf("second call made a new secret: %x vs %x, %v", a, b, err)
+		}
+		c, _ := db.Secret(context.Background(), "other.key", 32)
+		if string(c) == string(a) {
+			t.Fatal("two names share a secret")
+		}
+	})
+}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/heraldhq/herald/internal/auth"
 	"github.com/heraldhq/herald/internal/delivery"
+	"github.com/heraldhq/herald/internal/sending"
+	"github.com/heraldhq/herald/internal/stats"
 )
 
 // Every delivery handler decodes, calls one delivery.Service method and answers its result:
@@ -45,8 +47,47 @@ func (s *Server) handleListDeliveries(w http.ResponseWriter, r *http.Request, _ 
 	writeJSON(w, http.StatusOK, page)
 }
 
+// deliveryView is a delivery as GET /api/v1/deliveries/{id} shows it: with its KPIs and the
+// progress of its send.
+type deliveryView struct {
+	delivery.Delivery
+	KPIs     stats.KPIs       `json:"kpis"`
+	Progress sending.Progress `json:"progress"`
+}
+
+// handleGetDelivery answers the delivery with its KPIs, read from the live counters: the cost
+// is the same for 100 or 10 million recipients.
 func (s *Server) handleGetDelivery(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	s.withID(w, r, func(ctx context.Context, id int64) (any, error) { return s.Deliveries.Get(ctx, id) })
+	s.withID(w, r, func(ctx context.Context, id int64) (any, error) {
+		d, err := s.Deliveries.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		k, err := s.Stats.Read(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		p, err := sending.ProgressOf(ctx, s.DB, s.Clock, id)
+		if err != nil {
+			return nil, err
+		}
+		return deliveryView{Delivery: d, KPIs: k, Progress: p}, nil
+	})
+}
+
+// handleComputeStats recomputes every figure of the delivery from the sending and tracking
+// logs and makes the live counters equal to it.
+func (s *Server) handleComputeStats(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+	s.withID(w, r, func(ctx context.Context, id int64) (any, error) {
+		if _, err := s.Deliveries.Get(ctx, id); err != nil {
+			return nil, err
+		}
+		k, err := s.Stats.Compute(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"delivery_id": id, "kpis": k}, nil
+	})
 }
 
 func (s *Server) handleUpdateDelivery(w http.ResponseWriter, r *http.Request, p auth.Principal) {

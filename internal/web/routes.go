@@ -62,6 +62,13 @@ func (s *Server) routeTable() []route {
 		{"GET", "/metrics", public, s.handleMetrics},
 		{"GET", "/api/v1/openapi.json", public, s.handleOpenAPI},
 
+		// Tracking: public, signed tokens; see internal/tracking.
+		{"GET", "/t/o/{token}", public, tracked(s.Tracking.Open)},
+		{"GET", "/t/c/{token}", public, tracked(s.Tracking.Click)},
+		{"GET", "/t/m/{token}", public, tracked(s.Tracking.Mirror)},
+		{"GET", "/t/u/{token}", public, tracked(s.Tracking.OptOutPage)},
+		{"POST", "/t/u/{token}", public, tracked(s.Tracking.OptOut)},
+
 		{"POST", "/api/v1/session", public, s.handleLogin},
 		{"DELETE", "/api/v1/session", authenticated, s.handleLogout},
 		{"GET", "/api/v1/me", authenticated, s.handleMe},
@@ -106,6 +113,10 @@ func (s *Server) routeTable() []route {
 		{"POST", "/api/v1/deliveries/{id}/pause", needs(auth.StartDeliveries), s.handlePause},
 		{"POST", "/api/v1/deliveries/{id}/resume", needs(auth.StartDeliveries), s.handleResume},
 		{"POST", "/api/v1/deliveries/{id}/stop", needs(auth.StartDeliveries), s.handleStop},
+		{"GET", "/api/v1/deliveries/{id}/events", authenticated, s.handleDeliveryEvents},
+		{"GET", "/api/v1/captured", authenticated, s.handleListCaptured},
+		{"GET", "/api/v1/captured/{id}", authenticated, s.handleGetCaptured},
+		{"POST", "/api/v1/deliveries/{id}/compute-stats", anyOf(auth.PrepareDeliveries, auth.ApproveDeliveries, auth.Export), s.handleComputeStats},
 		{"GET", "/api/v1/typology-rules", authenticated, s.handleListRules},
 		{"POST", "/api/v1/typology-rules", needs(auth.Administration), s.handleCreateRule},
 		{"PUT", "/api/v1/typology-rules/{id}", needs(auth.Administration), s.handleUpdateRule},

@@ -20,7 +20,9 @@ import (
 	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
+	"github.com/heraldhq/herald/internal/stats"
 	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/tracking"
 	"github.com/heraldhq/herald/internal/webhook"
 )
 
@@ -47,6 +49,9 @@ type Deps struct {
 	Audiences  *audience.Service
 	Deliveries *delivery.Service
 	Webhooks   *webhook.Service
+	Stats      *stats.Service
+	// Tracking serves the /t/ endpoints; nil answers them 404.
+	Tracking *tracking.Handlers
 }
 
 // Server routes HTTP requests to handlers.

@@ -22,6 +22,7 @@ import (
 	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
+	"github.com/heraldhq/herald/internal/stats"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
 	"github.com/heraldhq/herald/internal/webhook"
@@ -55,6 +56,7 @@ func newTestEnv(t *testing.T, db *store.DB) *testEnv {
 		Audiences:  audience.NewService(db, clk, log),
 		Deliveries: delivery.NewService(db, clk, log),
 		Webhooks:   webhook.NewService(db, clk, log),
+		Stats:      stats.NewService(db, clk, log),
 	})
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
@@ -114,6 +116,11 @@ var roleRule = map[string]string{
 	"GET /healthz":             "public",
 	"GET /metrics":             "public",
 	"GET /api/v1/openapi.json": "public",
+	"GET /t/o/{token}":         "public",
+	"GET /t/c/{token}":         "public",
+	"GET /t/m/{token}":         "public",
+	"GET /t/u/{token}":         "public",
+	"POST /t/u/{token}":        "public",
 	"POST /api/v1/session":     "public",
 	"DELETE /api/v1/session":   "authenticated",
 	"GET /api/v1/me":           "authenticated",
@@ -145,24 +152,28 @@ var roleRule = map[string]string{
 	"POST /api/v1/audiences/{id}/members":   "Prepare deliveries",
 	"DELETE /api/v1/audiences/{id}/members": "Prepare deliveries",
 
-	"POST /api/v1/deliveries":                "Prepare deliveries",
-	"GET /api/v1/deliveries":                 "authenticated",
-	"GET /api/v1/deliveries/{id}":            "authenticated",
-	"PATCH /api/v1/deliveries/{id}":          "Prepare deliveries",
-	"DELETE /api/v1/deliveries/{id}":         "Prepare deliveries",
-	"GET /api/v1/deliveries/{id}/preview":    "Prepare deliveries | Approve deliveries",
-	"POST /api/v1/deliveries/{id}/prepare":   "Prepare deliveries",
-	"POST /api/v1/deliveries/{id}/proof":     "Prepare deliveries",
-	"GET /api/v1/deliveries/{id}/proofs":     "authenticated",
-	"POST /api/v1/deliveries/{id}/approvals": "Approve deliveries",
-	"GET /api/v1/deliveries/{id}/approvals":  "authenticated",
-	"POST /api/v1/deliveries/{id}/confirm":   "Start deliveries",
-	"POST /api/v1/deliveries/{id}/pause":     "Start deliveries",
-	"POST /api/v1/deliveries/{id}/resume":    "Start deliveries",
-	"POST /api/v1/deliveries/{id}/stop":      "Start deliveries",
-	"GET /api/v1/typology-rules":             "authenticated",
-	"POST /api/v1/typology-rules":            "Administration",
-	"PUT /api/v1/typology-rules/{id}":        "Administration",
+	"POST /api/v1/deliveries":                    "Prepare deliveries",
+	"GET /api/v1/deliveries":                     "authenticated",
+	"GET /api/v1/deliveries/{id}":                "authenticated",
+	"PATCH /api/v1/deliveries/{id}":              "Prepare deliveries",
+	"DELETE /api/v1/deliveries/{id}":             "Prepare deliveries",
+	"GET /api/v1/deliveries/{id}/preview":        "Prepare deliveries | Approve deliveries",
+	"POST /api/v1/deliveries/{id}/prepare":       "Prepare deliveries",
+	"POST /api/v1/deliveries/{id}/proof":         "Prepare deliveries",
+	"GET /api/v1/deliveries/{id}/proofs":         "authenticated",
+	"POST /api/v1/deliveries/{id}/approvals":     "Approve deliveries",
+	"GET /api/v1/deliveries/{id}/approvals":      "authenticated",
+	"POST /api/v1/deliveries/{id}/confirm":       "Start deliveries",
+	"POST /api/v1/deliveries/{id}/pause":         "Start deliveries",
+	"POST /api/v1/deliveries/{id}/resume":        "Start deliveries",
+	"POST /api/v1/deliveries/{id}/stop":          "Start deliveries",
+	"POST /api/v1/deliveries/{id}/compute-stats": "Prepare deliveries | Approve deliveries | Export",
+	"GET /api/v1/deliveries/{id}/events":         "authenticated",
+	"GET /api/v1/captured":                       "authenticated",
+	"GET /api/v1/captured/{id}":                  "authenticated",
+	"GET /api/v1/typology-rules":                 "authenticated",
+	"POST /api/v1/typology-rules":                "Administration",
+	"PUT /api/v1/typology-rules/{id}":            "Administration",
 
 	"GET /api/v1/event-webhooks":         "Administration",
 	"POST /api/v1/event-webhooks":        "Administration",

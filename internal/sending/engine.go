@@ -1,0 +1,396 @@
+// Package sending is Herald's sending engine: it takes the pending rows of the sending log of
+// every delivery that is sending or retrying, renders each recipient's message, hands batches
+// to a channel.Sender and writes the outcomes back (DESIGN.md §4).
+//
+// The sending log is the queue. A worker claims a batch of due pending rows of one delivery
+// under a lease (lease_owner = the node id, lease_until = now + Lease); on PostgreSQL claims
+// use FOR UPDATE SKIP LOCKED so several nodes share the queue, on SQLite the single writer
+// serialises them. A claimed row whose lease runs out (its node died) is simply claimable
+// again. The worker renders the batch with the delivery's template, compiled once per
+// delivery and prepared hash, and builds each MIME message with email.Composer.
+//
+// Crash safety: before the batch goes to the Sender its rows are marked in flight (status
+// sending, with a fresh lease) in a committed transaction. Outcomes are written back in one
+// transaction per batch, with the quarantine changes they cause. A row found in flight with an
+// expired lease may have been sent by a node that died before writing its outcome: it goes
+// back to pending, marked ambiguous, and is sent again. So at most the messages in flight at a
+// hard crash are sent twice, and exactly those rows say ambiguous.
+//
+// Outcomes: Sent → sent; Unknown → sent and ambiguous; HardFail → failed at once with its type
+// and reason; SoftFail → pending again after a back-off (Config.Backoff) until the delivery's
+// validity_until, then failed with reason "expired"; Deferred → pending at once, no attempt
+// counted. When a delivery has no row pending or in flight it becomes finished (failed when no
+// row was sent); while only retries wait it is retrying.
+//
+// Pause and stop: workers read the delivery's state before every claim, and a watcher cancels
+// the Send of batches whose delivery was paused or stopped (the Sender then defers the
+// messages not yet on the wire), so a pause takes effect within WatchInterval plus the
+// messages already handed over. Resume continues with the rows still pending.
+//
+// Limits: a batch lease must outlast the slowest Send (Lease, 5 minutes by default); a node
+// whose Send outlives its lease loses the rows to another node, which sends them again as
+// ambiguous, and its own late write-back is ignored.
+package sending
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/channel/email"
+	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/delivery"
+	"github.com/heraldhq/herald/internal/quarantine"
+	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/tracking"
+)
+
+// DefaultBackoff is the wait before each retry of a soft failure, ACS-like: the n-th retry
+// waits DefaultBackoff[n-1], and every retry after the last entry waits the last entry.
+var DefaultBackoff = []time.Duration{15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour, 24 * time.Hour}
+
+// Defaults of Config.
+const (
+	DefaultBatchSize     = 500
+	DefaultLease         = 5 * time.Minute
+	DefaultPollInterval  = time.Second
+	DefaultWatchInterval = 250 * time.Millisecond
+)
+
+// Config configures an Engine. DB, Deliveries, Quarantine and Sender are required; zero
+// values of the rest pick the documented defaults.
+type Config struct {
+	DB         *store.DB
+	Deliveries *delivery.Service
+	Quarantine *quarantine.Service
+	// Sender carries the messages out: an email.Transport, or a CaptureSender in capture mode.
+	Sender channel.Sender
+	// Links builds tracking URLs (pixel, tracked links, opt-out, mirror); nil sends without
+	// tracking and without a List-Unsubscribe URL.
+	Links *tracking.Links
+	// ReturnPath makes the per-recipient envelope sender; nil uses the content's From address.
+	ReturnPath *ReturnPath
+	// MessageIDDomain is the right-hand side of Message-IDs; "" uses the return-path domain,
+	// else "localhost".
+	MessageIDDomain string
+	// DKIM signs messages when set.
+	DKIM *email.DKIM
+	// NodeID names this node in lease_owner; "" means host name and process id.
+	NodeID string
+	// Workers is how many batches are rendered and sent at once; 0 means the number of CPUs
+	// (at least 2, so that one batch renders while another waits on the network).
+	Workers int
+	// BatchSize is the most rows one claim takes; 0 means DefaultBatchSize.
+	BatchSize int
+	// Lease is how long a claim is held; 0 means DefaultLease.
+	Lease time.Duration
+	// PollInterval is the wait of an idle worker before it looks for work again; 0 means
+	// DefaultPollInterval. Kick wakes the workers at once.
+	PollInterval time.Duration
+	// WatchInterval is how often in-flight batches are checked for a pause or stop; 0 means
+	// DefaultWatchInterval.
+	WatchInterval time.Duration
+	// Backoff is the retry schedule of soft failures; nil means DefaultBackoff.
+	Backoff []time.Duration
+	Clock   clock.Clock
+	Logger  *slog.Logger
+}
+
+// Engine is the sending engine. Start it once; Stop waits for the batches in hand to be
+// written back.
+type Engine struct {
+	cfg     Config
+	db      *store.DB
+	clock   clock.Clock
+	log     *slog.Logger
+	sql     queries
+	compose *email.Composer
+
+	templates templateCache
+	rr        atomic.Uint64 // round-robin over active deliveries
+
+	recoverMu   sync.Mutex
+	lastRecover time.Time
+
+	flightMu sync.Mutex
+	inflight map[int64]map[*flight]struct{} // delivery id → batches being sent
+
+	kick   chan struct{}
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	start  sync.Once
+}
+
+// flight is one batch handed to the Sender; cancel stops it when its delivery is paused.
+type flight struct{ cancel context.CancelFunc }
+
+// New returns an Engine for cfg.
+func New(cfg Config) (*Engine, error) {
+	if cfg.DB == nil || cfg.Deliveries == nil || cfg.Quarantine == nil || cfg.Sender == nil {
+		return nil, errors.New("sending: Config needs DB, Deliveries, Quarantine and Sender")
+	}
+	if cfg.NodeID == "" {
+		host, _ := os.Hostname()
+		cfg.NodeID = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = max(2, runtime.NumCPU())
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = DefaultBatchSize
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultLease
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.WatchInterval <= 0 {
+		cfg.WatchInterval = DefaultWatchInterval
+	}
+	if len(cfg.Backoff) == 0 {
+		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	domain := cfg.MessageIDDomain
+	if domain == "" && cfg.ReturnPath != nil {
+		domain = cfg.ReturnPath.Domain
+	}
+	if domain == "" {
+		domain = "localhost"
+	}
+	return &Engine{
+		cfg:      cfg,
+		db:       cfg.DB,
+		clock:    cfg.Clock,
+		log:      cfg.Logger,
+		sql:      queriesFor(cfg.DB.Engine),
+		compose:  &email.Composer{Domain: domain, DKIM: cfg.DKIM, Clock: cfg.Clock},
+		inflight: map[int64]map[*flight]struct{}{},
+		kick:     make(chan struct{}, 1),
+	}, nil
+}
+
+// NodeID is the name this engine writes in lease_owner.
+func (e *Engine) NodeID() string { return e.cfg.NodeID }
+
+// Start starts the workers and the pause watcher; they run until Stop or until ctx ends.
+// Calling Start again does nothing.
+func (e *Engine) Start(ctx context.Context) error {
+	e.start.Do(func() {
+		ctx, e.cancel = context.WithCancel(ctx)
+		for i := range e.cfg.Workers {
+			e.wg.Go(func() { e.work(ctx, i) })
+		}
+		e.wg.Go(func() { e.watch(ctx) })
+		e.log.Info("sending engine started", "node", e.cfg.NodeID, "workers", e.cfg.Workers, "batch", e.cfg.BatchSize)
+	})
+	return nil
+}
+
+// Stop stops the engine and waits until every batch in hand is written back. Messages not yet
+// handed to the Sender go back to the queue.
+func (e *Engine) Stop() {
+	if e.cancel != nil {
+		e.cancel()
+	}
+	e.wg.Wait()
+}
+
+// Kick wakes idle workers, e.g. after a delivery was confirmed or resumed.
+func (e *Engine) Kick() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Engine) work(ctx context.Context, worker int) {
+	w := newWorker(e)
+	for ctx.Err() == nil {
+		n, err := e.step(ctx, w)
+		if err != nil && ctx.Err() == nil {
+			e.log.Error("sending batch failed", "worker", worker, "error", err)
+		}
+		if n > 0 && err == nil {
+			continue
+		}
+		t := time.NewTimer(e.cfg.PollInterval)
+		select {
+		case <-ctx.Done():
+		case <-e.kick:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// Step does one round of work on the calling goroutine: it returns expired in-flight rows to
+// the queue, claims one batch of one active delivery, sends it and writes the outcomes back,
+// and settles the state of deliveries with nothing left to claim. It returns the number of
+// rows it handled, 0 when nothing was due. Tests drive the engine with it; Start runs it in a
+// loop on each worker.
+func (e *Engine) Step(ctx context.Context) (int, error) {
+	return e.step(ctx, newWorker(e))
+}
+
+func (e *Engine) step(ctx context.Context, w *worker) (int, error) {
+	if err := e.recoverExpired(ctx); err != nil {
+		return 0, err
+	}
+	active, err := e.activeDeliveries(ctx)
+	if err != nil || len(active) == 0 {
+		return 0, err
+	}
+	now := e.clock.Now()
+	first := int(e.rr.Add(1) % uint64(len(active)))
+	for k := range active {
+		d := active[(first+k)%len(active)]
+		if !d.validUntil.IsZero() && !now.Before(d.validUntil) {
+			if err := e.settle(ctx, d); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		rows, err := e.claim(ctx, d.id)
+		if err != nil {
+			return 0, err
+		}
+		if len(rows) == 0 {
+			if err := e.settle(ctx, d); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		return len(rows), e.process(ctx, w, d, rows)
+	}
+	return 0, nil
+}
+
+// watch cancels the sends of batches whose delivery is no longer sending or retrying.
+func (e *Engine) watch(ctx context.Context) {
+	t := time.NewTicker(e.cfg.WatchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		e.flightMu.Lock()
+		ids := make([]int64, 0, len(e.inflight))
+		for id := range e.inflight {
+			ids = append(ids, id)
+		}
+		e.flightMu.Unlock()
+		for _, id := range ids {
+			var state string
+			err := e.db.Read.QueryRowContext(ctx, `SELECT state FROM deliveries WHERE id = $1`, id).Scan(&state)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if state == string(delivery.Sending) || state == string(delivery.Retrying) {
+				continue
+			}
+			e.flightMu.Lock()
+			for f := range e.inflight[id] {
+				f.cancel()
+			}
+			e.flightMu.Unlock()
+			e.log.Info("delivery no longer sending; cancelling its batches in flight", "delivery", id, "state", state)
+		}
+	}
+}
+
+func (e *Engine) addFlight(id int64, f *flight) {
+	e.flightMu.Lock()
+	defer e.flightMu.Unlock()
+	if e.inflight[id] == nil {
+		e.inflight[id] = map[*flight]struct{}{}
+	}
+	e.inflight[id][f] = struct{}{}
+}
+
+func (e *Engine) removeFlight(id int64, f *flight) {
+	e.flightMu.Lock()
+	defer e.flightMu.Unlock()
+	delete(e.inflight[id], f)
+	if len(e.inflight[id]) == 0 {
+		delete(e.inflight, id)
+	}
+}
+
+// activeDelivery is what the engine reads of a delivery before each claim.
+type activeDelivery struct {
+	id         int64
+	state      delivery.State
+	validUntil time.Time
+	hash       string
+}
+
+func (e *Engine) activeDeliveries(ctx context.Context) ([]activeDelivery, error) {
+	rows, err := e.db.Read.QueryContext(ctx, `SELECT id, state, validity_until, prepared_hash FROM deliveries
+		WHERE state IN ('sending', 'retrying') AND channel = 'email' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list deliveries to send: %w", err)
+	}
+	defer rows.Close()
+	var out []activeDelivery
+	for rows.Next() {
+		var d activeDelivery
+		var until sql.NullInt64
+		var hash sql.NullString
+		if err := rows.Scan(&d.id, &d.state, &until, &hash); err != nil {
+			return nil, fmt.Errorf("list deliveries to send: %w", err)
+		}
+		d.validUntil, d.hash = clock.FromMillis(until.Int64), hash.String
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// recoverExpired returns to the queue, marked ambiguous, the rows left in flight by a node
+// whose lease ran out. It runs at most once per tenth of a lease.
+func (e *Engine) recoverExpired(ctx context.Context) error {
+	now := e.clock.Now()
+	e.recoverMu.Lock()
+	due := e.lastRecover.IsZero() || now.Sub(e.lastRecover) >= e.cfg.Lease/10 || now.Before(e.lastRecover)
+	if due {
+		e.lastRecover = now
+	}
+	e.recoverMu.Unlock()
+	if !due {
+		return nil
+	}
+	var n int64
+	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'pending', ambiguous = TRUE, lease_owner = NULL, lease_until = NULL
+			WHERE status = 'sending' AND lease_until < $1`, now.UnixMilli())
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("return expired in-flight rows to the queue: %w", err)
+	}
+	if n > 0 {
+		e.log.Warn("rows left in flight by a stopped node go back to the queue as ambiguous (they may have been sent)", "rows", n)
+	}
+	return nil
+}

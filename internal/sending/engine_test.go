@@ -1,0 +1,565 @@
+package sending
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/channel/email"
+	"github.com/heraldhq/herald/internal/channel/email/smtptest"
+	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/delivery"
+	"github.com/heraldhq/herald/internal/quarantine"
+	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/store/storetest"
+	"github.com/heraldhq/herald/internal/tracking"
+)
+
+var t0 = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+
+const testHTML = `<html><body><p>Hello {{.attributes.first}}</p><a href="https://shop.example/sale">Sale</a>
+<a href="{{.unsubscribe_url}}">Unsubscribe</a></body></html>`
+
+// fixture is a database with one delivery in state sending to n recipients.
+type fixture struct {
+	db    *store.DB
+	clk   *clock.Fake
+	del   *delivery.Service
+	quar  *quarantine.Service
+	id    int64
+	addrs []string
+}
+
+func newFixture(t *testing.T, db *store.DB, n int, validity time.Duration) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	f := &fixture{db: db, clk: clock.NewFake(t0)}
+	log := slog.New(slog.DiscardHandler)
+	f.del = delivery.NewService(db, f.clk, log)
+	f.quar = quarantine.NewService(db, f.clk, log)
+	ct := fmt.Sprintf(`{"from_name":"Shop","from_address":"news@shop.example","subject":"Hi {{.attributes.first}}","html":%q}`, testHTML)
+	ms := t0.UnixMilli()
+	err := db.InTx(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `INSERT INTO deliveries (name, channel, content, state, validity_seconds, validity_until, prepared_hash, created_at, updated_at)
+			VALUES ('d', 'email', $1, 'sending', $2, $3, 'h1', $4, $4) RETURNING id`, ct, int64(validity/time.Second), t0.Add(validity).UnixMilli(), ms).Scan(&f.id); err != nil {
+			return err
+		}
+		for i := range n {
+			addr := fmt.Sprintf("user%d@example.org", i)
+			var pid int64
+			if err := tx.QueryRowContext(ctx, `INSERT INTO profiles (email, email_key, email_domain, attributes, created_at, updated_at)
+				VALUES ($1, $1, 'example.org', $2, $3, $3) RETURNING id`, addr, fmt.Sprintf(`{"first":"Ann%d"}`, i), ms).Scan(&pid); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO sending_log (delivery_id, profile_id, address, status) VALUES ($1, $2, $3, 'pending')`, f.id, pid, addr); err != nil {
+				return err
+			}
+			f.addrs = append(f.addrs, addr)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *fixture) engine(t *testing.T, sender channel.Sender, node string, batch int) *Engine {
+	t.Helper()
+	signer, err := tracking.NewSigner(tracking.Key{ID: 1, Secret: []byte("0123456789abcdef0123456789abcdef")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, err := tracking.NewLinks("https://herald.example", signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp, err := NewReturnPath("bounce.example", []byte("return path secret!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{DB: f.db, Deliveries: f.del, Quarantine: f.quar, Sender: sender, Links: links, ReturnPath: rp,
+		NodeID: node, BatchSize: batch, Workers: 1, Clock: f.clk, WatchInterval: 10 * time.Millisecond, PollInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func transport(t *testing.T, srv *smtptest.Server) *email.Transport {
+	t.Helper()
+	relays, err := email.ParseRelays("smtp://" + srv.Addr() + "?starttls=off")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := email.New(email.Options{Relays: relays, HelloName: "herald.test", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+// drain steps e until nothing is due (the last step settles the delivery).
+func drain(t *testing.T, e *Engine) {
+	t.Helper()
+	for range 1000 {
+		n, err := e.Step(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+	}
+	t.Fatal("the engine never ran out of work")
+}
+
+type logRow struct {
+	status, failureType, reason string
+	attempts                    int
+	code                        sql.NullInt64
+	next, sentAt                sql.NullInt64
+	ambiguous                   bool
+}
+
+func (f *fixture) row(t *testing.T, addr string) logRow {
+	t.Helper()
+	var r logRow
+	var ft, reason sql.NullString
+	if err := f.db.Read.QueryRow(`SELECT status, failure_type, failure_reason, attempts, smtp_code, next_attempt_at, sent_at, ambiguous
+		FROM sending_log WHERE delivery_id = $1 AND address = $2`, f.id, addr).Scan(&r.status, &ft, &reason, &r.attempts, &r.code, &r.next, &r.sentAt, &r.ambiguous); err != nil {
+		t.Fatal(err)
+	}
+	r.failureType, r.reason = ft.String, reason.String
+	return r
+}
+
+func (f *fixture) state(t *testing.T) delivery.State {
+	t.Helper()
+	d, err := f.del.Get(context.Background(), f.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.State
+}
+
+func (f *fixture) count(t *testing.T, where string) int {
+	t.Helper()
+	var n int
+	if err := f.db.Read.QueryRow(`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND `+where, f.id).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestSendsPersonalisedTrackedMessagesAndFinishes(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		e := f.engine(t, transport(t, srv), "n1", 2)
+		drain(t, e)
+		if got := srv.Count(); got != 3 {
+			t.Fatalf("server accepted %d messages, want 3", got)
+		}
+		for _, a := range f.addrs {
+			if r := f.row(t, a); r.status != "sent" || r.attempts != 1 || !r.sentAt.Valid || r.code.Int64 != 250 || r.ambiguous {
+				t.Errorf("%s: %+v, want sent once with 250", a, r)
+			}
+		}
+		if s := f.state(t); s != delivery.Finished {
+			t.Fatalf("delivery is %s, want finished", s)
+		}
+		var actor string
+		if err := db.Read.QueryRow(`SELECT actor FROM audit_log WHERE action = 'delivery.finish' AND object_id = $1`, fmt.Sprint(f.id)).Scan(&actor); err != nil || !strings.Contains(actor, "system") {
+			t.Errorf("audit of finish: %q %v", actor, err)
+		}
+		m := srv.Messages()[0]
+		rp, _ := NewReturnPath("bounce.example", []byte("return path secret!"))
+		if id, kind, ok := rp.Parse(m.From); !ok || kind != 'b' || id == 0 {
+			t.Errorf("envelope sender %q is not a signed return path", m.From)
+		}
+		data := string(m.Data)
+		for _, want := range []string{"Subject: Hi Ann", "List-Unsubscribe: <https://herald.example/t/u/", "mailto:u+",
+			"List-Unsubscribe-Post: List-Unsubscribe=One-Click", "https://herald.example/t/c/", "https://herald.example/t/o/", "From: Shop <news@shop.example>"} {
+			if !strings.Contains(strings.ReplaceAll(data, "=\r\n", ""), want) {
+				t.Errorf("message lacks %q:\n%s", want, data)
+			}
+		}
+	})
+}
+
+func TestSoftFailureRetriesAfterBackoffThenSends(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 2, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		srv.Script(f.addrs[0], smtptest.FailTimes(1, 451, "4.3.0", "try later"))
+		e := f.engine(t, transport(t, srv), "n1", 10)
+		drain(t, e)
+		r := f.row(t, f.addrs[0])
+		if r.status != "pending" || r.attempts != 1 || r.next.Int64 != t0.Add(15*time.Minute).UnixMilli() || r.code.Int64 != 451 || r.failureType != "soft" {
+			t.Fatalf("after a 451: %+v, want pending for 15 min", r)
+		}
+		if s := f.state(t); s != delivery.Retrying {
+			t.Fatalf("delivery is %s, want retrying", s)
+		}
+		f.clk.Advance(14 * time.Minute)
+		drain(t, e)
+		if r := f.row(t, f.addrs[0]); r.status != "pending" {
+			t.Fatalf("retried before its time: %+v", r)
+		}
+		f.clk.Advance(time.Minute)
+		drain(t, e)
+		if r := f.row(t, f.addrs[0]); r.status != "sent" || r.attempts != 2 {
+			t.Fatalf("after the retry: %+v, want sent at attempt 2", r)
+		}
+		if s := f.state(t); s != delivery.Finished {
+			t.Fatalf("delivery is %s, want finished", s)
+		}
+	})
+}
+
+func TestHardFailureFailsAtOnceAndQuarantinesOnlyRecipientErrors(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		srv.Script(f.addrs[0], smtptest.Always(smtptest.Action{Code: 550, Enhanced: "5.1.1", Text: "no such user"}))
+		srv.Script(f.addrs[1], smtptest.Always(smtptest.Action{Code: 553, Enhanced: "5.1.8", Text: "sender domain refused"}))
+		e := f.engine(t, transport(t, srv), "n1", 10)
+		drain(t, e)
+		r := f.row(t, f.addrs[0])
+		if r.status != "failed" || r.failureType != "hard" || !strings.HasPrefix(r.reason, "userunknown") || r.code.Int64 != 550 {
+			t.Fatalf("after a 550 5.1.1: %+v", r)
+		}
+		if en, _ := f.quar.Get(context.Background(), quarantine.Email, f.addrs[0]); en.Status != quarantine.StatusQuarantine {
+			t.Errorf("unknown user's address is %s, want quarantine", en.Status)
+		}
+		if r := f.row(t, f.addrs[1]); r.status != "failed" {
+			t.Fatalf("after a 553 5.1.8: %+v", r)
+		}
+		if en, _ := f.quar.Get(context.Background(), quarantine.Email, f.addrs[1]); en.Status != quarantine.StatusValid {
+			t.Errorf("a refused envelope sender quarantined the recipient: %s", en.Status)
+		}
+		if s := f.state(t); s != delivery.Finished {
+			t.Fatalf("delivery is %s, want finished", s)
+		}
+	})
+}
+
+// switchSender lets a test change the Sender under a running engine.
+type switchSender struct {
+	p atomic.Pointer[channel.Sender]
+}
+
+func (s *switchSender) set(x channel.Sender) { s.p.Store(&x) }
+func (s *switchSender) Send(ctx context.Context, m []channel.Message, o []channel.Outcome) error {
+	return (*s.p.Load()).Send(ctx, m, o)
+}
+func (s *switchSender) Close() error { return nil }
+
+func TestRelayDownRetriesAndDropAfterDataIsAmbiguous(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 2, 84*time.Hour)
+		dead := smtptest.Start(t, smtptest.Options{})
+		down := transport(t, dead)
+		dead.Close()
+		sw := &switchSender{}
+		sw.set(down)
+		e := f.engine(t, sw, "n1", 10)
+		drain(t, e)
+		for _, a := range f.addrs {
+			if r := f.row(t, a); r.status != "pending" || r.attempts != 1 {
+				t.Fatalf("relay down: %+v, want pending for a retry", r)
+			}
+		}
+		if s := f.state(t); s != delivery.Retrying {
+			t.Fatalf("relay down: delivery is %s, want retrying", s)
+		}
+		srv := smtptest.Start(t, smtptest.Options{})
+		srv.Script(f.addrs[1], func(attempt int) smtptest.Action {
+			if attempt == 1 {
+				return smtptest.Action{Stage: smtptest.AtData, Drop: smtptest.DropBeforeReply}
+			}
+			return smtptest.Action{}
+		})
+		sw.set(transport(t, srv))
+		f.clk.Advance(15 * time.Minute)
+		drain(t, e)
+		if r := f.row(t, f.addrs[0]); r.status != "sent" || r.attempts != 2 || r.ambiguous {
+			t.Fatalf("after the relay came back: %+v", r)
+		}
+		if r := f.row(t, f.addrs[1]); r.status != "sent" || !r.ambiguous {
+			t.Fatalf("connection dropped after the data: %+v, want sent and ambiguous", r)
+		}
+		if srv.Attempts(f.addrs[1]) != 1 {
+			t.Errorf("an unanswered message was sent again")
+		}
+	})
+}
+
+func TestSoftFailuresExpireAtValidity(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 1, time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		srv.Script(f.addrs[0], smtptest.Always(smtptest.Action{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}))
+		e := f.engine(t, transport(t, srv), "n1", 10)
+		drain(t, e) // attempt 1, retry at +15 min
+		f.clk.Advance(15 * time.Minute)
+		drain(t, e) // attempt 2, retry at +45 min
+		if r := f.row(t, f.addrs[0]); r.status != "pending" || r.attempts != 2 {
+			t.Fatalf("%+v", r)
+		}
+		f.clk.Advance(30 * time.Minute)
+		drain(t, e) // attempt 3; the next retry would be after the validity
+		r := f.row(t, f.addrs[0])
+		if r.status != "failed" || !strings.HasPrefix(r.reason, "expired") || r.attempts != 3 {
+			t.Fatalf("at the end of validity: %+v, want failed, expired", r)
+		}
+		if s := f.state(t); s != delivery.Failed {
+			t.Fatalf("delivery is %s, want failed (nothing sent)", s)
+		}
+	})
+}
+
+func TestPendingRowsExpireWhenValidityPasses(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 2, time.Hour)
+		e := f.engine(t, NewCaptureSender(db, f.clk), "n1", 10)
+		f.clk.Advance(2 * time.Hour)
+		drain(t, e)
+		if n := f.count(t, `status = 'failed' AND failure_reason = 'expired'`); n != 2 {
+			t.Fatalf("%d rows expired, want 2", n)
+		}
+		if s := f.state(t); s != delivery.Failed {
+			t.Fatalf("delivery is %s, want failed", s)
+		}
+	})
+}
+
+func setState(t *testing.T, db *store.DB, id int64, s delivery.State) {
+	t.Helper()
+	if _, err := db.Write.Exec(`UPDATE deliveries SET state = $1 WHERE id = $2`, s, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPauseStopsWithinASecondAndResumeContinues(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 40, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		for _, a := range f.addrs {
+			srv.Script(a, smtptest.Always(smtptest.Action{Delay: 20 * time.Millisecond}))
+		}
+		tr := transport(t, srv)
+		e := f.engine(t, tr, "n1", 40)
+		ctx := t.Context()
+		if err := e.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Stop()
+		waitFor(t, 5*time.Second, func() bool { return srv.Count() >= 2 })
+		setState(t, db, f.id, delivery.Paused)
+		paused := time.Now()
+		waitFor(t, 5*time.Second, func() bool { return f.count(t, `status = 'sending'`) == 0 })
+		if d := time.Since(paused); d > time.Second {
+			t.Errorf("the pause took %v to stop the batch", d)
+		}
+		sent := srv.Count()
+		if sent >= 40 {
+			t.Fatalf("the whole batch went out despite the pause")
+		}
+		if n := f.count(t, `status = 'pending' AND attempts = 0`); n != 40-int(sent) {
+			t.Fatalf("%d rows back to pending untouched, want %d", n, 40-sent)
+		}
+		setState(t, db, f.id, delivery.Sending)
+		e.Kick()
+		waitFor(t, 10*time.Second, func() bool { return f.state(t) == delivery.Finished })
+		if srv.Count() != 40 {
+			t.Fatalf("server got %d messages, want each of the 40 once", srv.Count())
+		}
+	})
+}
+
+func TestStoppedDeliveryIsNotSent(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		e := f.engine(t, transport(t, srv), "n1", 10)
+		setState(t, db, f.id, delivery.Stopped)
+		drain(t, e)
+		if srv.Count() != 0 || f.count(t, `status = 'pending'`) != 3 {
+			t.Fatalf("a stopped delivery was sent")
+		}
+	})
+}
+
+// crashSender passes the first n messages of its first Send to next, then blocks until
+// released, like a node that dies in the middle of a batch.
+type crashSender struct {
+	next    channel.Sender
+	n       int
+	release chan struct{}
+	once    sync.Once
+	crashed chan struct{}
+}
+
+func (c *crashSender) Send(ctx context.Context, m []channel.Message, o []channel.Outcome) error {
+	_ = c.next.Send(ctx, m[:c.n], o[:c.n])
+	c.once.Do(func() { close(c.crashed) })
+	<-c.release
+	for i := range m {
+		o[i] = channel.Outcome{Status: channel.Deferred}
+	}
+	return nil
+}
+func (c *crashSender) Close() error { return nil }
+
+func TestCrashMidBatchResendsOnlyInFlightRowsAsAmbiguous(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		const n, batch, before = 12, 5, 3
+		f := newFixture(t, db, n, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		tr := transport(t, srv)
+		cs := &crashSender{next: tr, n: before, release: make(chan struct{}), crashed: make(chan struct{})}
+		dead := f.engine(t, cs, "dead", batch)
+		done := make(chan error, 1)
+		go func() { _, err := dead.Step(context.Background()); done <- err }()
+		<-cs.crashed
+		if f.count(t, `status = 'sending'`) != batch {
+			t.Fatalf("the batch was not marked in flight before it was sent")
+		}
+		// A second node does not touch the dead node's rows while its lease holds.
+		alive := f.engine(t, tr, "alive", batch)
+		drain(t, alive)
+		if f.count(t, `status = 'sending'`) != batch || f.count(t, `status = 'sent'`) != n-batch {
+			t.Fatalf("rows under a live lease were taken")
+		}
+		f.clk.Advance(DefaultLease + time.Second)
+		drain(t, alive)
+		if got := srv.Count(); got != n+before {
+			t.Fatalf("server got %d messages, want %d (%d duplicates from the crash)", got, n+before, before)
+		}
+		if f.count(t, `status = 'sent'`) != n {
+			t.Fatalf("not every row ended sent")
+		}
+		if a := f.count(t, `ambiguous = TRUE`); a != batch {
+			t.Fatalf("%d rows ambiguous, want exactly the %d in flight", a, batch)
+		}
+		close(cs.release) // the dead node's late write-back must change nothing
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if f.count(t, `status = 'sent'`) != n {
+			t.Fatalf("a late write-back from an expired lease overwrote rows")
+		}
+		if s := f.state(t); s != delivery.Finished {
+			t.Fatalf("delivery is %s, want finished", s)
+		}
+	})
+}
+
+func TestGracefulStopMidBatchLosesNothing(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 20, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		for _, a := range f.addrs {
+			srv.Script(a, smtptest.Always(smtptest.Action{Delay: 20 * time.Millisecond}))
+		}
+		tr := transport(t, srv)
+		e := f.engine(t, tr, "n1", 20)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { _, err := e.Step(ctx); done <- err }()
+		waitFor(t, 5*time.Second, func() bool { return srv.Count() >= 2 })
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if f.count(t, `status = 'sending'`) != 0 || f.count(t, `ambiguous = TRUE`) != 0 {
+			t.Fatalf("a graceful stop left rows in flight or ambiguous")
+		}
+		next := f.engine(t, tr, "n2", 20)
+		drain(t, next)
+		if srv.Count() != 20 || f.count(t, `status = 'sent'`) != 20 {
+			t.Fatalf("server got %d, want each of 20 once", srv.Count())
+		}
+	})
+}
+
+func TestCaptureModeEndToEnd(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, 84*time.Hour)
+		cs := NewCaptureSender(db, f.clk)
+		cs.Keep = 2
+		e := f.engine(t, cs, "n1", 10)
+		drain(t, e)
+		if s := f.state(t); s != delivery.Finished {
+			t.Fatalf("delivery is %s, want finished", s)
+		}
+		page, err := ListCaptured(context.Background(), db, CapturedQuery{Limit: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Messages) != 1 || page.NextBefore == 0 {
+			t.Fatalf("first page: %+v", page)
+		}
+		m := page.Messages[0]
+		if m.DeliveryID == nil || *m.DeliveryID != f.id || !strings.HasPrefix(m.Subject, "Hi Ann") || m.From != "Shop <news@shop.example>" || m.Size == 0 {
+			t.Fatalf("captured: %+v", m)
+		}
+		rest, err := ListCaptured(context.Background(), db, CapturedQuery{Before: page.NextBefore})
+		if err != nil || len(rest.Messages) != 1 || rest.Messages[0].ID >= m.ID {
+			t.Fatalf("second page: %+v %v (only 2 are kept, newest first)", rest, err)
+		}
+		full, err := GetCaptured(context.Background(), db, m.ID)
+		if err != nil || !strings.Contains(string(full.Data), "Subject: Hi Ann") {
+			t.Fatalf("raw message: %v %q", err, full.Data)
+		}
+		if _, err := GetCaptured(context.Background(), db, m.ID+100); err == nil {
+			t.Fatal("a missing message was found")
+		}
+		p, err := ProgressOf(context.Background(), db, f.clk, f.id)
+		if err != nil || p.Counts["sent"] != 3 || p.Done != 3 || p.Rate != 0.05 || p.ETASeconds != nil {
+			t.Fatalf("progress: %+v %v", p, err)
+		}
+	})
+}
+
+func TestReturnPathRefusesForgeries(t *testing.T) {
+	rp, err := NewReturnPath("Bounce.Example", []byte("return path secret!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := rp.Bounce(42)
+	if id, k, ok := rp.Parse(a); !ok || id != 42 || k != 'b' {
+		t.Fatalf("Parse(%q) = %d %c %v", a, id, k, ok)
+	}
+	for _, bad := range []string{strings.Replace(a, "42", "43", 1), strings.Replace(a, "bounce.example", "other.example", 1), "b+42@bounce.example", "x"} {
+		if _, _, ok := rp.Parse(bad); ok {
+			t.Errorf("Parse(%q) accepted a forgery", bad)
+		}
+	}
+	if _, err := NewReturnPath("bounce.example", []byte("short")); err == nil {
+		t.Error("a short secret was accepted")
+	}
+}
+
+// waitFor polls cond for real concurrency (a running engine and SMTP server), not for time
+// logic, which the fake clock drives.
+func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,298 @@
+package sending
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/channel/email"
+	"github.com/heraldhq/herald/internal/clock"
+	"github.com/heraldhq/herald/internal/content"
+	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/tracking"
+)
+
+// ReturnPath makes the per-recipient envelope sender b+<log id>.<tag>@Domain, so that an
+// asynchronous bounce names the sending-log row it is about, and the List-Unsubscribe mailto
+// address u+<log id>.<tag>@Domain. The tag is an HMAC, so a forged address is refused.
+type ReturnPath struct {
+	// Domain is HERALD_BOUNCE_DOMAIN.
+	Domain string
+	key    []byte
+}
+
+// MinReturnPathSecret is the shortest secret NewReturnPath accepts, in bytes.
+const MinReturnPathSecret = 16
+
+// NewReturnPath returns the return-path builder for domain, tagging with secret.
+func NewReturnPath(domain string, secret []byte) (*ReturnPath, error) {
+	domain = strings.ToLower(strings.TrimSpace(domain))
+	if domain == "" || strings.ContainsAny(domain, "@ <>\r\n") {
+		return nil, fmt.Errorf("sending: bounce domain %q is not a domain name", domain)
+	}
+	if len(secret) < MinReturnPathSecret {
+		return nil, fmt.Errorf("sending: the return-path secret is %d bytes; it must be at least %d", len(secret), MinReturnPathSecret)
+	}
+	d := hmac.New(sha256.New, secret)
+	d.Write([]byte("herald return path v1"))
+	return &ReturnPath{Domain: domain, key: d.Sum(nil)}, nil
+}
+
+func (p *ReturnPath) tag(kind byte, logID int64) string {
+	m := hmac.New(sha256.New, p.key)
+	m.Write([]byte{kind})
+	m.Write(strconv.AppendInt(nil, logID, 10))
+	return hex.EncodeToString(m.Sum(nil)[:8])
+}
+
+func (p *ReturnPath) address(kind byte, logID int64) string {
+	return string(kind) + "+" + strconv.FormatInt(logID, 10) + "." + p.tag(kind, logID) + "@" + p.Domain
+}
+
+// Bounce returns the envelope sender of sending-log row logID.
+func (p *ReturnPath) Bounce(logID int64) string { return p.address('b', logID) }
+
+// Unsubscribe returns the List-Unsubscribe mailto address of sending-log row logID.
+func (p *ReturnPath) Unsubscribe(logID int64) string { return p.address('u', logID) }
+
+// Parse reads an address made by Bounce or Unsubscribe: the row and the kind ('b' or 'u').
+// It refuses other domains and forged or damaged tags.
+func (p *ReturnPath) Parse(addr string) (logID int64, kind byte, ok bool) {
+	local, dom, found := strings.Cut(addr, "@")
+	if !found || !strings.EqualFold(dom, p.Domain) || len(local) < 3 || local[1] != '+' {
+		return 0, 0, false
+	}
+	kind = local[0] | 0x20
+	if kind != 'b' && kind != 'u' {
+		return 0, 0, false
+	}
+	num, tag, found := strings.Cut(local[2:], ".")
+	if !found {
+		return 0, 0, false
+	}
+	id, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || id < 0 || !hmac.Equal([]byte(strings.ToLower(tag)), []byte(p.tag(kind, id))) {
+		return 0, 0, false
+	}
+	return id, kind, true
+}
+
+// compiled is a delivery's template with what tracking needs of it.
+type compiled struct {
+	tpl      *content.Template
+	links    []tracking.Link
+	tracking content.Tracking
+}
+
+type cacheKey struct {
+	id   int64
+	hash string
+}
+
+// templateCache compiles each delivery's content once per prepared hash.
+type templateCache struct {
+	mu sync.Mutex
+	m  map[cacheKey]*compiled
+}
+
+func (c *templateCache) get(ctx context.Context, db *store.DB, d activeDelivery) (*compiled, error) {
+	key := cacheKey{d.id, d.hash}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t := c.m[key]; t != nil {
+		return t, nil
+	}
+	var raw string
+	if err := db.Read.QueryRowContext(ctx, `SELECT content FROM deliveries WHERE id = $1`, d.id).Scan(&raw); err != nil {
+		return nil, fmt.Errorf("read the content of delivery %d: %w", d.id, err)
+	}
+	var ct content.Content
+	if err := json.Unmarshal([]byte(raw), &ct); err != nil {
+		return nil, fmt.Errorf("decode the content of delivery %d: %w", d.id, err)
+	}
+	tpl, err := content.Compile(ct, content.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("compile the content of delivery %d: %w", d.id, err)
+	}
+	t := &compiled{tpl: tpl, links: trackedLinks(tpl, ct.Tracking), tracking: ct.Tracking}
+	if c.m == nil || len(c.m) >= 64 {
+		c.m = map[cacheKey]*compiled{}
+	}
+	c.m[key] = t
+	return t, nil
+}
+
+// trackedLinks says, for each link of the template, whether and how it is tracked.
+func trackedLinks(tpl *content.Template, tr content.Tracking) []tracking.Link {
+	links := tpl.Links()
+	out := make([]tracking.Link, len(links))
+	for i, l := range links {
+		mode := tracking.ModeNever
+		switch l.Kind {
+		case content.LinkHTTP:
+			if !tr.DisableClicks && !slices.Contains(tr.UntrackedLinks, l.Index) {
+				mode = tracking.ModeTracked
+			}
+		case content.LinkUnsubscribe:
+			mode = tracking.ModeOptOut
+		case content.LinkMirror:
+			mode = tracking.ModeMirror
+		}
+		out[i] = tracking.Link{URL: l.URL, Mode: mode, Personalised: tracking.IsPersonalised(l.URL)}
+	}
+	return out
+}
+
+// worker holds what one sending goroutine reuses from batch to batch: its renderers (a
+// Renderer is not safe for concurrent use) and its message buffer.
+type worker struct {
+	e         *Engine
+	renderers map[cacheKey]*content.Renderer
+	buf       []byte
+}
+
+func newWorker(e *Engine) *worker {
+	return &worker{e: e, renderers: map[cacheKey]*content.Renderer{}}
+}
+
+// batch is one claimed batch: the rows to send with their messages and outcomes, and the rows
+// that failed before sending.
+type batch struct {
+	rows   []row
+	msgs   []channel.Message
+	out    []channel.Outcome
+	failed []failedRow
+}
+
+type failedRow struct {
+	row    row
+	reason string
+}
+
+// prepare renders and builds the messages of rows.
+func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*batch, error) {
+	e := w.e
+	t, err := e.templates.get(ctx, e.db, d)
+	if err != nil {
+		return nil, err
+	}
+	key := cacheKey{d.id, d.hash}
+	r := w.renderers[key]
+	if r == nil {
+		if len(w.renderers) >= 16 {
+			clear(w.renderers)
+		}
+		r = t.tpl.NewRenderer()
+		w.renderers[key] = r
+	}
+	recipients, err := e.recipients(ctx, rows)
+	if err != nil {
+		return nil, err
+	}
+	b := &batch{rows: make([]row, 0, len(rows)), msgs: make([]channel.Message, 0, len(rows))}
+	w.buf = w.buf[:0]
+	for _, row := range rows {
+		rc, ok := recipients[row.profileID]
+		switch {
+		case row.address == "":
+			b.failed = append(b.failed, failedRow{row, "no address: the profile's personal data was erased"})
+			continue
+		case !ok:
+			b.failed = append(b.failed, failedRow{row, "the profile no longer exists"})
+			continue
+		}
+		var opts content.RenderOptions
+		var unsubURL, mailto string
+		if e.cfg.Links != nil {
+			tr, err := e.cfg.Links.Recipient(row.id, d.id)
+			if err != nil {
+				return nil, err
+			}
+			rc.UnsubscribeURL, rc.MirrorURL = tr.OptOut(), tr.Mirror()
+			if !t.tracking.DisableClicks {
+				opts.LinkRewriter = tr.Rewriter(t.links)
+			}
+			if !t.tracking.DisableOpens {
+				opts.PixelURL = tr.Open()
+			}
+			if strings.HasPrefix(rc.UnsubscribeURL, "https://") {
+				unsubURL = rc.UnsubscribeURL
+			}
+		}
+		msg, err := r.Render(&rc, opts)
+		if err != nil {
+			b.failed = append(b.failed, failedRow{row, "personalisation failed: " + err.Error()})
+			continue
+		}
+		from := msg.FromAddress
+		if e.cfg.ReturnPath != nil {
+			from = e.cfg.ReturnPath.Bounce(row.id)
+			mailto = e.cfg.ReturnPath.Unsubscribe(row.id)
+		}
+		em := email.Email{
+			From:                  email.Address{Name: msg.FromName, Addr: msg.FromAddress},
+			ReplyTo:               email.Address{Addr: msg.ReplyTo},
+			To:                    email.Address{Addr: row.address},
+			Subject:               msg.Subject,
+			HTML:                  msg.HTML,
+			Text:                  msg.Text,
+			ListUnsubscribeURL:    unsubURL,
+			ListUnsubscribeMailto: mailto,
+		}
+		start := len(w.buf)
+		w.buf, err = e.compose.Build(w.buf, &em)
+		if err != nil {
+			w.buf = w.buf[:start]
+			b.failed = append(b.failed, failedRow{row, "the message could not be built: " + err.Error()})
+			continue
+		}
+		b.rows = append(b.rows, row)
+		b.msgs = append(b.msgs, channel.Message{ID: row.id, To: row.address, From: from, Data: w.buf[start:len(w.buf):len(w.buf)]})
+	}
+	b.out = make([]channel.Outcome, len(b.msgs))
+	return b, nil
+}
+
+// recipients loads the profiles of rows in one query.
+func (e *Engine) recipients(ctx context.Context, rows []row) (map[int64]content.Recipient, error) {
+	pids := make([]int64, len(rows))
+	for i, r := range rows {
+		pids[i] = r.profileID
+	}
+	set, arg := e.sql.idSet(pids, 1)
+	q, err := e.db.Read.QueryContext(ctx, `SELECT id, email, phone, locale, time_zone, external_id, created_at, attributes
+		FROM profiles WHERE id IN `+set, arg)
+	if err != nil {
+		return nil, fmt.Errorf("load %d recipients: %w", len(rows), err)
+	}
+	defer q.Close()
+	out := make(map[int64]content.Recipient, len(rows))
+	for q.Next() {
+		var rc content.Recipient
+		var mail, phone, locale, tz, ext sql.NullString
+		var created int64
+		var attrs string
+		if err := q.Scan(&rc.ID, &mail, &phone, &locale, &tz, &ext, &created, &attrs); err != nil {
+			return nil, fmt.Errorf("load recipients: %w", err)
+		}
+		rc.Email, rc.Phone, rc.Locale, rc.TimeZone, rc.ExternalID = mail.String, phone.String, locale.String, tz.String, ext.String
+		rc.CreatedAt = clock.FromMillis(created)
+		if rc.Attributes, err = content.DecodeAttributes([]byte(attrs)); err != nil {
+			rc.Attributes = map[string]any{}
+		}
+		out[rc.ID] = rc
+	}
+	if err := q.Err(); err != nil {
+		return nil, fmt.Errorf("load recipients: %w", err)
+	}
+	return out, nil
+}

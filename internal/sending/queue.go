@@ -1,0 +1,399 @@
+package sending
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/delivery"
+	"github.com/heraldhq/herald/internal/problem"
+	"github.com/heraldhq/herald/internal/quarantine"
+	"github.com/heraldhq/herald/internal/store"
+)
+
+// queries holds the SQL whose text differs between the engines. A batch is always passed as
+// ONE parameter: a JSON text expanded by json_each on SQLite (whose binding of many $N
+// parameters is quadratic), an array or a JSON document on PostgreSQL.
+type queries struct {
+	engine store.Engine
+	// claim leases up to $5 due pending rows of delivery $3 to $1 until $2; $4 is now.
+	claim string
+	// writeBack applies the outcomes in $1 to rows in flight under lease owner $2.
+	writeBack string
+}
+
+func queriesFor(eng store.Engine) queries {
+	const due = `SELECT id FROM sending_log WHERE delivery_id = $3 AND status = 'pending'
+		AND (next_attempt_at IS NULL OR next_attempt_at <= $4) AND (lease_until IS NULL OR lease_until < $4) LIMIT $5`
+	const returning = ` RETURNING id, profile_id, address, attempts, ambiguous`
+	if eng == store.Postgres {
+		return queries{
+			engine: eng,
+			// SKIP LOCKED lets several nodes claim side by side without waiting on each other.
+			claim: `UPDATE sending_log SET lease_owner = $1, lease_until = $2 WHERE id IN (` + due + ` FOR UPDATE SKIP LOCKED)` + returning,
+			writeBack: `UPDATE sending_log SET status = j.s, attempts = j.a, next_attempt_at = j.n, failure_type = j.ft,
+				failure_reason = j.fr, smtp_code = j.c, enhanced_code = j.e, provider_id = j.p, ambiguous = j.amb, sent_at = j.t,
+				lease_owner = NULL, lease_until = NULL
+				FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, a bigint, n bigint, ft text, fr text, c bigint,
+					e text, p text, amb boolean, t bigint)
+				WHERE sending_log.id = j.id AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'`,
+		}
+	}
+	return queries{
+		engine: eng,
+		claim:  `UPDATE sending_log SET lease_owner = $1, lease_until = $2 WHERE id IN (` + due + `)` + returning,
+		writeBack: `UPDATE sending_log SET status = j.value->>'s', attempts = j.value->>'a', next_attempt_at = j.value->>'n',
+			failure_type = j.value->>'ft', failure_reason = j.value->>'fr', smtp_code = j.value->>'c',
+			enhanced_code = j.value->>'e', provider_id = j.value->>'p', ambiguous = j.value->>'amb', sent_at = j.value->>'t',
+			lease_owner = NULL, lease_until = NULL
+			FROM json_each($1) AS j
+			WHERE sending_log.id = j.value->>'id' AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'`,
+	}
+}
+
+// idSet returns the SQL of a row source of the ids, as parameter $n, and its argument.
+func (q queries) idSet(ids []int64, n int) (string, any) {
+	p := "$" + strconv.Itoa(n)
+	if q.engine == store.Postgres {
+		return `(SELECT unnest(` + p + `::bigint[]))`, ids
+	}
+	b := make([]byte, 0, 8*len(ids)+2)
+	b = append(b, '[')
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, id, 10)
+	}
+	return `(SELECT value FROM json_each(` + p + `))`, string(append(b, ']'))
+}
+
+// strSet is idSet for text values.
+func (q queries) strSet(vals []string, n int) (string, any) {
+	p := "$" + strconv.Itoa(n)
+	if q.engine == store.Postgres {
+		return `(SELECT unnest(` + p + `::text[]))`, vals
+	}
+	b, _ := json.Marshal(vals)
+	return `(SELECT value FROM json_each(` + p + `))`, string(b)
+}
+
+// row is one claimed sending-log row.
+type row struct {
+	id, profileID int64
+	address       string
+	attempts      int
+	ambiguous     bool
+}
+
+func (e *Engine) claim(ctx context.Context, deliveryID int64) ([]row, error) {
+	now := e.clock.Now()
+	var out []row
+	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, e.sql.claim, e.cfg.NodeID, now.Add(e.cfg.Lease).UnixMilli(), deliveryID, now.UnixMilli(), e.cfg.BatchSize)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.id, &r.profileID, &r.address, &r.attempts, &r.ambiguous); err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim rows of delivery %d: %w", deliveryID, err)
+	}
+	return out, nil
+}
+
+// markInFlight moves the claimed rows to status sending with a fresh lease, in a committed
+// transaction, unless the delivery stopped sending meanwhile. It reports whether it did.
+func (e *Engine) markInFlight(ctx context.Context, deliveryID int64, ids []int64) (bool, error) {
+	set, arg := e.sql.idSet(ids, 3)
+	var n int64
+	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'sending', lease_until = $2
+			WHERE lease_owner = $1 AND status = 'pending' AND id IN `+set+`
+			AND EXISTS (SELECT 1 FROM deliveries WHERE id = $4 AND state IN ('sending', 'retrying'))`,
+			e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("mark %d rows of delivery %d in flight: %w", len(ids), deliveryID, err)
+	}
+	return n > 0, nil
+}
+
+// release gives claimed rows back to the queue untouched.
+func (e *Engine) release(ctx context.Context, ids []int64) error {
+	set, arg := e.sql.idSet(ids, 2)
+	return e.db.InTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE sending_log SET lease_owner = NULL, lease_until = NULL
+			WHERE lease_owner = $1 AND status = 'pending' AND id IN `+set, e.cfg.NodeID, arg)
+		return err
+	})
+}
+
+// process renders, sends and writes back one claimed batch of delivery d.
+func (e *Engine) process(ctx context.Context, w *worker, d activeDelivery, rows []row) error {
+	// Writes that record what happened must not be lost to a cancelled context.
+	wctx := context.WithoutCancel(ctx)
+	b, err := w.prepare(ctx, d, rows)
+	if err != nil {
+		_ = e.release(wctx, ids(rows))
+		return err
+	}
+	var sendIDs []int64
+	for i := range b.msgs {
+		sendIDs = append(sendIDs, b.msgs[i].ID)
+	}
+	if len(sendIDs) > 0 {
+		ok, err := e.markInFlight(ctx, d.id, sendIDs)
+		if err != nil {
+			_ = e.release(wctx, ids(rows))
+			return err
+		}
+		if !ok { // paused or stopped since the claim
+			return e.release(wctx, ids(rows))
+		}
+	}
+	// Rows that failed before sending (render errors) are marked in flight with the rest so
+	// that the write-back's lease check holds for them too.
+	if len(b.failed) > 0 {
+		fids := make([]int64, len(b.failed))
+		for i, f := range b.failed {
+			fids[i] = f.row.id
+		}
+		if _, err := e.markInFlight(wctx, d.id, fids); err != nil {
+			return err
+		}
+	}
+	if len(b.msgs) > 0 {
+		sctx, cancel := context.WithCancel(ctx)
+		f := &flight{cancel: cancel}
+		e.addFlight(d.id, f)
+		err = e.cfg.Sender.Send(sctx, b.msgs, b.out)
+		e.removeFlight(d.id, f)
+		cancel()
+		if err != nil && !errors.Is(err, channel.ErrClosed) {
+			e.log.Error("sender refused the batch", "delivery", d.id, "error", err)
+		}
+	}
+	return e.writeBack(wctx, d, b)
+}
+
+func ids(rows []row) []int64 {
+	out := make([]int64, len(rows))
+	for i, r := range rows {
+		out[i] = r.id
+	}
+	return out
+}
+
+// result is the new state of one row, as the write-back statement reads it.
+type result struct {
+	ID          int64   `json:"id"`
+	Status      string  `json:"s"`
+	Attempts    int     `json:"a"`
+	NextAttempt *int64  `json:"n"`
+	FailureType *string `json:"ft"`
+	Reason      *string `json:"fr"`
+	Code        *int    `json:"c"`
+	Enhanced    *string `json:"e"`
+	ProviderID  *string `json:"p"`
+	Ambiguous   bool    `json:"amb"`
+	SentAt      *int64  `json:"t"`
+}
+
+// quarantineChange is a quarantine rule to apply to an address with the write-back.
+type quarantineChange struct {
+	address, reason string
+	hard, full      bool
+}
+
+// writeBack writes the outcomes of a batch in one transaction: one statement for every row,
+// one to find the erroneous addresses among the successes, and a quarantine rule per failed
+// or formerly erroneous address.
+func (e *Engine) writeBack(ctx context.Context, d activeDelivery, b *batch) error {
+	now := e.clock.Now()
+	results := make([]result, 0, len(b.msgs)+len(b.failed))
+	var changes []quarantineChange
+	var sent []string
+	for i := range b.msgs {
+		r, qc := e.decide(d, b.rows[i], b.out[i], now)
+		results = append(results, r)
+		if qc != nil {
+			changes = append(changes, *qc)
+		}
+		if r.Status == "sent" {
+			sent = append(sent, b.rows[i].address)
+		}
+	}
+	for _, f := range b.failed {
+		results = append(results, failedResult(f.row, "hard", f.reason))
+	}
+	if len(results) == 0 {
+		return nil
+	}
+	doc, err := json.Marshal(results)
+	if err != nil {
+		return fmt.Errorf("encode outcomes: %w", err)
+	}
+	err = e.db.InTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, e.sql.writeBack, string(doc), e.cfg.NodeID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err == nil && n < int64(len(results)) {
+			e.log.Warn("some rows of the batch were taken over by another node after their lease ran out; their outcome here is dropped",
+				"delivery", d.id, "rows", int64(len(results))-n)
+		}
+		if len(sent) > 0 {
+			erroneous, err := e.erroneous(ctx, tx, sent)
+			if err != nil {
+				return err
+			}
+			for _, a := range erroneous {
+				if _, err := e.cfg.Quarantine.RecordSuccess(ctx, tx, quarantine.Email, a, now); err != nil {
+					return err
+				}
+			}
+		}
+		sortChanges(changes)
+		for _, c := range changes {
+			if c.hard {
+				_, err = e.cfg.Quarantine.RecordHard(ctx, tx, quarantine.Email, c.address, c.reason, now)
+			} else {
+				_, err = e.cfg.Quarantine.RecordSoft(ctx, tx, quarantine.Email, c.address, c.reason, c.full, now)
+			}
+			if p, ok := problem.As(err); err != nil && (!ok || p.Kind != problem.Invalid) {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("write back the outcomes of %d rows of delivery %d: %w", len(results), d.id, err)
+	}
+	return nil
+}
+
+// erroneous returns those of addresses (as sent) whose quarantine entry is erroneous, the only
+// ones a success changes.
+func (e *Engine) erroneous(ctx context.Context, tx *sql.Tx, addresses []string) ([]string, error) {
+	keys := make([]string, 0, len(addresses))
+	for _, a := range addresses {
+		if k, err := quarantine.NormalizeAddress(quarantine.Email, a); err == nil {
+			keys = append(keys, k)
+		}
+	}
+	set, arg := e.sql.strSet(keys, 1)
+	rows, err := tx.QueryContext(ctx, `SELECT address FROM quarantine WHERE channel = 'email' AND status = 'erroneous' AND address IN `+set, arg)
+	if err != nil {
+		return nil, fmt.Errorf("find erroneous addresses: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// settle expires the pending rows of a delivery past its validity and moves the delivery on
+// when nothing is left to send now: retrying while only retries wait, then finished (failed
+// when no row was sent).
+func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
+	now := e.clock.Now()
+	ms := now.UnixMilli()
+	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
+		if !d.validUntil.IsZero() && !now.Before(d.validUntil) {
+			if _, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'failed', failure_type = 'soft',
+				failure_reason = 'expired', next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
+				WHERE delivery_id = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $2)`, d.id, ms); err != nil {
+				return err
+			}
+		}
+		var waiting, inFlight, due int64
+		var anySent bool
+		rows, err := tx.QueryContext(ctx, `SELECT status, COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status IN ('pending', 'sending') GROUP BY status`, d.id)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var st string
+			var n int64
+			if err := rows.Scan(&st, &n); err != nil {
+				rows.Close()
+				return err
+			}
+			if st == "pending" {
+				waiting = n
+			} else {
+				inFlight = n
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if inFlight > 0 {
+			return nil
+		}
+		if waiting > 0 {
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM sending_log WHERE delivery_id = $1 AND status = 'pending'
+				AND (next_attempt_at IS NULL OR next_attempt_at <= $2) LIMIT 1) AS x`, d.id, ms).Scan(&due); err != nil {
+				return err
+			}
+			if due > 0 || d.state == delivery.Retrying {
+				return nil
+			}
+			return e.move(ctx, tx, d, delivery.Retrying, fmt.Sprintf("%d recipients wait for a retry", waiting))
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sending_log WHERE delivery_id = $1 AND status = 'sent')`, d.id).Scan(&anySent); err != nil {
+			return err
+		}
+		if anySent {
+			return e.move(ctx, tx, d, delivery.Finished, "every recipient was processed")
+		}
+		return e.move(ctx, tx, d, delivery.Failed, "no message could be sent")
+	})
+	if err != nil {
+		return fmt.Errorf("settle delivery %d: %w", d.id, err)
+	}
+	return nil
+}
+
+func (e *Engine) move(ctx context.Context, tx *sql.Tx, d activeDelivery, to delivery.State, reason string) error {
+	err := e.cfg.Deliveries.EngineMove(ctx, tx, d.id, d.state, to, reason)
+	if p, ok := problem.As(err); ok && p.Code == "state_changed" {
+		return nil // paused or stopped meanwhile: leave it to whoever did
+	}
+	if err == nil {
+		e.log.Info("delivery moves on", "delivery", d.id, "from", d.state, "to", to, "reason", reason)
+	}
+	return err
+}
+
+// backoff is the wait before retry number attempt (from 1).
+func (e *Engine) backoff(attempt int) time.Duration {
+	b := e.cfg.Backoff
+	return b[min(max(attempt, 1), len(b))-1]
+}
