@@ -47,12 +47,18 @@ func queriesFor(eng store.Engine) queries {
 	return queries{
 		engine: eng,
 		claim:  `UPDATE sending_log SET lease_owner = $1, lease_until = $2 WHERE id IN (` + due + `)` + returning,
-		writeBack: `UPDATE sending_log SET status = j.value->>'s', attempts = j.value->>'a', next_attempt_at = j.value->>'n',
-			failure_type = j.value->>'ft', failure_reason = j.value->>'fr', smtp_code = j.value->>'c',
-			enhanced_code = j.value->>'e', provider_id = j.value->>'p', ambiguous = j.value->>'amb', sent_at = j.value->>'t',
+		// The batch is parsed once into a materialised table, then joined by primary key: with
+		// json_each in the FROM of the UPDATE itself, SQLite may scan sending_log and evaluate
+		// json_each (parsing the whole batch again) for every row.
+		writeBack: `WITH j AS MATERIALIZED (SELECT value->>'id' AS id, value->>'s' AS s, value->>'a' AS a, value->>'n' AS n,
+				value->>'ft' AS ft, value->>'fr' AS fr, value->>'c' AS c, value->>'e' AS e, value->>'p' AS p,
+				value->>'amb' AS amb, value->>'t' AS t FROM json_each($1))
+			UPDATE sending_log SET status = j.s, attempts = j.a, next_attempt_at = j.n,
+			failure_type = j.ft, failure_reason = j.fr, smtp_code = j.c,
+			enhanced_code = j.e, provider_id = j.p, ambiguous = j.amb, sent_at = j.t,
 			lease_owner = NULL, lease_until = NULL
-			FROM json_each($1) AS j
-			WHERE sending_log.id = j.value->>'id' AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'`,
+			FROM j
+			WHERE sending_log.id = j.id AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'`,
 	}
 }
 
