@@ -235,7 +235,10 @@ func (s *SQLSink) setFirst(ctx context.Context, tx *sql.Tx, k firstKind, times m
 			b = append(b, ']')
 		}
 		b = append(b, ']')
-		q = `UPDATE sending_log SET ` + col + ` = x.t FROM (SELECT value->>0 AS xid, value->>1 AS t FROM json_each($1)) AS x
+		// Materialised, so the batch is parsed once and joined by primary key; a json_each in
+		// the UPDATE's FROM may be evaluated again for every sending_log row SQLite scans.
+		q = `WITH x AS MATERIALIZED (SELECT value->>0 AS xid, value->>1 AS t FROM json_each($1))
+			UPDATE sending_log SET ` + col + ` = x.t FROM x
 			WHERE sending_log.id = x.xid AND sending_log.` + col + ` IS NULL RETURNING id`
 		args = []any{string(b)}
 	} else {
