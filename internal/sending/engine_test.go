@@ -337,6 +337,10 @@ func TestPendingRowsExpireWhenValidityPasses(t *testing.T) {
 		if n := f.count(t, `status = 'failed' AND failure_reason = 'expired'`); n != 2 {
 			t.Fatalf("%d rows expired, want 2", n)
 		}
+		var soft int64
+		if err := db.Read.QueryRow(`SELECT soft_bounces FROM delivery_stats WHERE delivery_id = $1`, f.id).Scan(&soft); err != nil || soft != 2 {
+			t.Fatalf("expired rows in the live counters: soft = %d, %v; want 2", soft, err)
+		}
 		if s := f.state(t); s != delivery.Failed {
 			t.Fatalf("delivery is %s, want failed", s)
 		}

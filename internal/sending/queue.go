@@ -13,7 +13,9 @@ import (
 	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/problem"
 	"github.com/heraldhq/herald/internal/quarantine"
+	"github.com/heraldhq/herald/internal/stats"
 	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 // queries holds the SQL whose text differs between the engines. A batch is always passed as
@@ -41,7 +43,8 @@ func queriesFor(eng store.Engine) queries {
 				lease_owner = NULL, lease_until = NULL
 				FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, a bigint, n bigint, ft text, fr text, c bigint,
 					e text, p text, amb boolean, t bigint)
-				WHERE sending_log.id = j.id AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'`,
+				WHERE sending_log.id = j.id AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'
+				RETURNING sending_log.id`,
 		}
 	}
 	return queries{
@@ -58,7 +61,8 @@ func queriesFor(eng store.Engine) queries {
 			enhanced_code = j.e, provider_id = j.p, ambiguous = j.amb, sent_at = j.t,
 			lease_owner = NULL, lease_until = NULL
 			FROM j
-			WHERE sending_log.id = j.id AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'`,
+			WHERE sending_log.id = j.id AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'
+			RETURNING sending_log.id`,
 	}
 }
 
@@ -251,6 +255,13 @@ func (e *Engine) writeBack(ctx context.Context, d activeDelivery, b *batch) erro
 	for _, f := range b.failed {
 		results = append(results, failedResult(f.row, "hard", f.reason))
 	}
+	addresses := make(map[int64]string, len(results))
+	for _, r := range b.rows {
+		addresses[r.id] = r.address
+	}
+	for _, f := range b.failed {
+		addresses[f.row.id] = f.row.address
+	}
 	if len(results) == 0 {
 		return nil
 	}
@@ -259,13 +270,42 @@ func (e *Engine) writeBack(ctx context.Context, d activeDelivery, b *batch) erro
 		return fmt.Errorf("encode outcomes: %w", err)
 	}
 	err = e.db.InTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, e.sql.writeBack, string(doc), e.cfg.NodeID)
+		written, err := e.writeRows(ctx, tx, string(doc))
 		if err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err == nil && n < int64(len(results)) {
+		if len(written) < len(results) {
 			e.log.Warn("some rows of the batch were taken over by another node after their lease ran out; their outcome here is dropped",
-				"delivery", d.id, "rows", int64(len(results))-n)
+				"delivery", d.id, "rows", len(results)-len(written))
+		}
+		// The delivery's live counters and the event webhooks move with the rows, for the
+		// rows this write changed: they commit or roll back together.
+		var moves stats.Counters
+		var events []webhook.Event
+		for _, r := range results {
+			if !written[r.ID] {
+				continue
+			}
+			ft := ""
+			if r.FailureType != nil {
+				ft = *r.FailureType
+			}
+			moves.Move(stats.OutcomeNone, stats.OutcomeOf(r.Status, ft), 1)
+			if r.Status == "sent" || r.Status == "failed" {
+				ev := webhook.Event{Type: r.Status, At: now, DeliveryID: d.id, LogID: r.ID, Address: addresses[r.ID]}
+				if r.Status == "failed" {
+					ev.Data = map[string]any{"failure_type": ft, "reason": deref(r.Reason), "smtp_code": r.Code, "enhanced_code": r.Enhanced}
+				}
+				events = append(events, ev)
+			}
+		}
+		if !moves.IsZero() {
+			if err := stats.Apply(ctx, tx, d.id, now, moves); err != nil {
+				return err
+			}
+		}
+		if err := webhook.Emit(ctx, tx, e.db.Engine, now, events); err != nil {
+			return err
 		}
 		if len(sent) > 0 {
 			erroneous, err := e.erroneous(ctx, tx, sent)
@@ -295,6 +335,32 @@ func (e *Engine) writeBack(ctx context.Context, d activeDelivery, b *batch) erro
 		return fmt.Errorf("write back the outcomes of %d rows of delivery %d: %w", len(results), d.id, err)
 	}
 	return nil
+}
+
+// writeRows applies the encoded outcomes to the rows still in flight under this node's lease
+// and returns the ids it changed.
+func (e *Engine) writeRows(ctx context.Context, tx *sql.Tx, doc string) (map[int64]bool, error) {
+	rows, err := tx.QueryContext(ctx, e.sql.writeBack, doc, e.cfg.NodeID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	written := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		written[id] = true
+	}
+	return written, rows.Err()
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // erroneous returns those of addresses (as sent) whose quarantine entry is erroneous, the only
@@ -331,10 +397,19 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 	ms := now.UnixMilli()
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
 		if !d.validUntil.IsZero() && !now.Before(d.validUntil) {
-			if _, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'failed', failure_type = 'soft',
+			res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'failed', failure_type = 'soft',
 				failure_reason = 'expired', next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
-				WHERE delivery_id = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $2)`, d.id, ms); err != nil {
+				WHERE delivery_id = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $2)`, d.id, ms)
+			if err != nil {
 				return err
+			}
+			// Expired rows count as soft bounces, like any soft failure.
+			if n, _ := res.RowsAffected(); n > 0 {
+				var moves stats.Counters
+				moves.Move(stats.OutcomeNone, stats.OutcomeOf("failed", "soft"), n)
+				if err := stats.Apply(ctx, tx, d.id, now, moves); err != nil {
+					return err
+				}
 			}
 		}
 		var waiting, inFlight, due int64
