@@ -11,6 +11,7 @@ import (
 
 	"github.com/heraldhq/herald/internal/stats"
 	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 // SQLSink is the Recorder's Sink over the database. One WriteHits is one transaction that
@@ -93,6 +94,7 @@ func (s *SQLSink) WriteHits(ctx context.Context, hits []Hit) error {
 			}
 		}
 		optOuts := map[string][]int64{} // channel → profiles
+		var events []webhook.Event
 		for _, h := range hits {
 			row, ok := rows[h.Ref.LogID]
 			if !ok || row.delivery != h.Ref.DeliveryID {
@@ -116,6 +118,13 @@ func (s *SQLSink) WriteHits(ctx context.Context, hits []Hit) error {
 				link = int64(h.Ref.Link)
 			}
 			ev.add(row.delivery, h.Ref.LogID, kind.String(), link, at, h.UserAgent, machine, why)
+			if t := eventType[kind]; t != "" {
+				data := map[string]any{"machine": machine}
+				if kind == KindClick {
+					data["link"] = link
+				}
+				events = append(events, webhook.Event{Type: t, At: h.At, DeliveryID: row.delivery, LogID: h.Ref.LogID, ProfileID: row.profile, Data: data})
+			}
 			switch kind {
 			case KindOpen, KindClick:
 				note(firstOpen, h.Ref.LogID, at)
@@ -181,9 +190,12 @@ func (s *SQLSink) WriteHits(ctx context.Context, hits []Hit) error {
 				return err
 			}
 		}
-		return nil
+		return webhook.Emit(ctx, tx, s.db.Engine, time.UnixMilli(now), events)
 	})
 }
+
+// eventType is the outbound webhook event of each kind of hit (mirror views have none).
+var eventType = map[Kind]string{KindOpen: webhook.Opened, KindClick: webhook.Clicked, KindOptOut: webhook.OptedOut}
 
 // lookup reads the sending-log rows of ids, with their delivery's channel.
 func (s *SQLSink) lookup(ctx context.Context, tx *sql.Tx, ids []int64) (map[int64]logRow, error) {

@@ -5,12 +5,14 @@ import (
 	"database/sql"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/audit"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/content"
 	"github.com/heraldhq/herald/internal/profile"
@@ -18,6 +20,7 @@ import (
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
 	"github.com/heraldhq/herald/internal/tracking"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 var t0 = time.Date(2026, 3, 2, 10, 30, 0, 0, time.UTC)
@@ -187,6 +190,10 @@ func TestTokensThroughHTTP(t *testing.T) {
 func TestRecordingAndKPIs(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db)
+		if _, err := webhook.NewService(db, f.clk, slog.New(slog.DiscardHandler)).Create(context.Background(), audit.System,
+			webhook.NewEndpoint{URL: "https://hooks.example/herald", Events: []string{webhook.Opened, webhook.Clicked}}); err != nil {
+			t.Fatal(err)
+		}
 		// Ann clicks (an open too) and opens; Bob opens twice, once through curl (a machine).
 		f.do(t, "GET", "/t/c/"+f.token(t, 0, tracking.KindClick, 0, ""), browser)
 		f.do(t, "GET", "/t/o/"+f.token(t, 0, tracking.KindOpen, tracking.NoLink, ""), browser)
@@ -209,6 +216,12 @@ func TestRecordingAndKPIs(t *testing.T) {
 		}
 		if n := f.int(t, `SELECT COUNT(*) FROM tracking_events WHERE machine = true`); n != 1 {
 			t.Errorf("machine events: %d, want 1 (curl)", n)
+		}
+		if n := f.int(t, `SELECT COUNT(*) FROM webhook_outbox WHERE type = 'opened'`); n != 3 {
+			t.Errorf("opened webhook events queued: %d, want 3 (every open hit, machine ones flagged)", n)
+		}
+		if n := f.int(t, `SELECT COUNT(*) FROM webhook_outbox WHERE type = 'clicked'`); n != 1 {
+			t.Errorf("clicked webhook events queued: %d, want 1", n)
 		}
 		want := stats.Counters{Opens: 2, OpensHuman: 2, Clicks: 1, Mirror: 1}
 		live, err := f.stats.Read(context.Background(), f.delivery)
