@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
 
@@ -102,6 +103,8 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	// Proofs go out through the same channel as the sends.
+	deliverySvc.ProofSender = &sending.ProofSender{Sender: sender, Composer: &email.Composer{Domain: messageIDDomain(cfg)}}
 	go runScheduler(ctx, deliverySvc, clk, log)
 	go (&webhook.Dispatcher{DB: db, Clock: clk, Log: log}).Run(ctx, 2*time.Second)
 
@@ -271,4 +274,16 @@ func startEngine(ctx context.Context, db *store.DB, cfg *config.Config, clk cloc
 	}
 	eng.Start(ctx)
 	return eng, sender, nil
+}
+
+// messageIDDomain is the right-hand side of Message-IDs: the bounce domain when there is one,
+// else the host of the public URL.
+func messageIDDomain(cfg *config.Config) string {
+	if cfg.BounceDomain != "" {
+		return cfg.BounceDomain
+	}
+	if u, err := url.Parse(cfg.PublicURL); err == nil && u.Hostname() != "" {
+		return u.Hostname()
+	}
+	return "localhost"
 }
