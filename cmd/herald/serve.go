@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/heraldhq/herald/internal/audience"
 	"github.com/heraldhq/herald/internal/auth"
+	"github.com/heraldhq/herald/internal/bounce"
 	"github.com/heraldhq/herald/internal/channel"
 	"github.com/heraldhq/herald/internal/channel/email"
 	"github.com/heraldhq/herald/internal/clock"
@@ -88,6 +90,10 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	statsSvc := stats.NewService(db, clk, log)
 	go statsSvc.RunReconcile(ctx, time.Hour)
 
+	bounceHooks, bounceListener, err := startBounces(ctx, db, cfg, clk, quarantineSvc, log)
+	if err != nil {
+		return err
+	}
 	srv := web.NewServer(web.Deps{DB: db, Auth: authSvc, Clock: clk, Log: log,
 		Config:     web.Config{PublicURL: cfg.PublicURL, Version: buildVersion()},
 		Quarantine: quarantineSvc,
@@ -97,6 +103,7 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 		Webhooks:   webhook.NewService(db, clk, log),
 		Stats:      statsSvc,
 		Tracking:   trackingHandlers,
+		Bounces:    bounceHooks,
 	})
 	srv.Registry().MustRegister(recorder)
 	engine, sender, err := startEngine(ctx, db, cfg, clk, deliverySvc, quarantineSvc, links, log)
@@ -144,6 +151,11 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	defer cancel()
 	if err := httpSrv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("shut down HTTP server: %w", err)
+	}
+	if bounceListener != nil {
+		if err := bounceListener.Shutdown(shutdownCtx); err != nil {
+			log.Warn("shutting down the bounce listener", "err", err)
+		}
 	}
 	// Batches in hand are written back before the process ends; then the connections close.
 	engine.Stop()
@@ -286,4 +298,54 @@ func messageIDDomain(cfg *config.Config) string {
 		return u.Hostname()
 	}
 	return "localhost"
+}
+
+// startBounces builds what applies asynchronous bounces: the BounceApplier, the provider
+// webhook handlers and, when HERALD_BOUNCE_ADDR is set, the inbound SMTP listener, serving
+// until its Shutdown. HERALD_BOUNCE_SNS_TOPICS (comma-separated ARNs) names the SNS topics whose
+// Amazon SES notifications are accepted.
+func startBounces(ctx context.Context, db *store.DB, cfg *config.Config, clk clock.Clock, q *quarantine.Service,
+	log *slog.Logger) (*web.BounceWebhooks, *bounce.Listener, error) {
+	if cfg.BounceAddr != "" && cfg.BounceDomain == "" {
+		return nil, nil, errors.New("HERALD_BOUNCE_ADDR is set but HERALD_BOUNCE_DOMAIN is not: the bounce listener needs the return-path domain it accepts mail for")
+	}
+	var rp *sending.ReturnPath
+	if cfg.BounceDomain != "" {
+		secret, err := db.Secret(ctx, "return_path.key", 32) // the engine's key: the same row of settings
+		if err != nil {
+			return nil, nil, err
+		}
+		if rp, err = sending.NewReturnPath(cfg.BounceDomain, secret); err != nil {
+			return nil, nil, fmt.Errorf("HERALD_BOUNCE_DOMAIN: %w", err)
+		}
+	}
+	applier, err := sending.NewBounceApplier(sending.BounceConfig{DB: db, Quarantine: q, ReturnPath: rp, Clock: clk, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	var topics []string
+	for _, t := range strings.Split(os.Getenv("HERALD_BOUNCE_SNS_TOPICS"), ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			topics = append(topics, t)
+		}
+	}
+	hooks, err := web.NewBounceWebhooks(web.BounceWebhooksOptions{DB: db, Receiver: applier, SNSTopicARNs: topics, Clock: clk, Log: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.BounceAddr == "" {
+		return hooks, nil, nil
+	}
+	ln, err := net.Listen("tcp", cfg.BounceAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on %s (HERALD_BOUNCE_ADDR): %w", cfg.BounceAddr, err)
+	}
+	l := bounce.NewListener(cfg.BounceDomain, applier, log)
+	go func() {
+		if err := l.Serve(ln); err != nil {
+			log.Error("bounce listener stopped", "err", err)
+		}
+	}()
+	log.Info("bounce listener is listening", "addr", ln.Addr().String(), "domain", cfg.BounceDomain)
+	return hooks, l, nil
 }

@@ -234,14 +234,17 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 			continue
 		}
 		from := msg.FromAddress
+		var messageID string
 		if e.cfg.ReturnPath != nil {
 			from = e.cfg.ReturnPath.Bounce(row.id)
 			mailto = e.cfg.ReturnPath.Unsubscribe(row.id)
+			messageID = e.cfg.ReturnPath.MessageID(row.id, e.compose.Domain)
 		}
 		em := email.Email{
 			From:                  email.Address{Name: msg.FromName, Addr: msg.FromAddress},
 			ReplyTo:               email.Address{Addr: msg.ReplyTo},
 			To:                    email.Address{Addr: row.address},
+			MessageID:             messageID,
 			Subject:               msg.Subject,
 			HTML:                  msg.HTML,
 			Text:                  msg.Text,

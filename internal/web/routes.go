@@ -125,6 +125,10 @@ func (s *Server) routeTable() []route {
 		{"POST", "/api/v1/event-webhooks", needs(auth.Administration), s.handleCreateWebhook},
 		{"DELETE", "/api/v1/event-webhooks/{id}", needs(auth.Administration), s.handleDeleteWebhook},
 
+		// Bounce webhooks: public, the provider's signature is the authentication.
+		{"POST", "/api/v1/webhooks/bounces/{provider}", public, s.Bounces.handleProvider},
+		{"GET", "/api/v1/webhooks/bounces/generic/secret", needs(auth.Administration), s.Bounces.handleGenericSecret},
+
 		{"GET", "/api/v1/quarantine", needs(auth.Administration), s.handleListQuarantine},
 		{"POST", "/api/v1/quarantine/bulk", needs(auth.Administration), s.handleBulkQuarantine},
 		{"GET", "/api/v1/quarantine/{channel}/{address}", needs(auth.Administration), s.handleGetQuarantine},

@@ -52,6 +52,8 @@ type Deps struct {
 	Stats      *stats.Service
 	// Tracking serves the /t/ endpoints; nil answers them 404.
 	Tracking *tracking.Handlers
+	// Bounces serves the bounce webhook endpoints; nil answers them 404.
+	Bounces *BounceWebhooks
 }
 
 // Server routes HTTP requests to handlers.

@@ -130,6 +130,9 @@ var roleRule = map[string]string{
 	"PATCH /api/v1/users/{id}": "Administration",
 	"GET /api/v1/audit":        "Administration",
 
+	"POST /api/v1/webhooks/bounces/{provider}":    "public",
+	"GET /api/v1/webhooks/bounces/generic/secret": "Administration",
+
 	"GET /api/v1/quarantine":                     "Administration",
 	"POST /api/v1/quarantine/bulk":               "Administration",
 	"GET /api/v1/quarantine/{channel}/{address}": "Administration",
