@@ -103,6 +103,7 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 		Webhooks:   webhook.NewService(db, clk, log),
 		Stats:      statsSvc,
 		Tracking:   trackingHandlers,
+		Links:      links,
 		Bounces:    bounceHooks,
 	})
 	srv.Registry().MustRegister(recorder)

@@ -42,6 +42,9 @@ func (a access) describe() string {
 // targets.
 var readProfiles = anyOf(auth.PrepareDeliveries, auth.ApproveDeliveries, auth.GenericImport, auth.Export)
 
+// readDeliveries may read a delivery's logs: those who build, check or export deliveries.
+var readDeliveries = anyOf(auth.PrepareDeliveries, auth.ApproveDeliveries, auth.Export)
+
 // handlerFunc is a route's handler; p is the authenticated caller (zero for public routes
 // but for the client address).
 type handlerFunc func(w http.ResponseWriter, r *http.Request, p auth.Principal)
@@ -87,6 +90,7 @@ func (s *Server) routeTable() []route {
 		{"PATCH", "/api/v1/profiles/{id}", needs(auth.GenericImport), s.handleUpdateProfile},
 		{"DELETE", "/api/v1/profiles/{id}", needs(auth.Administration), s.handleEraseProfile},
 		{"GET", "/api/v1/profiles/{id}/export", needs(auth.Export), s.handleExportProfile},
+		{"GET", "/api/v1/profiles/{id}/history", readProfiles, s.handleProfileHistory},
 
 		{"POST", "/api/v1/audiences", needs(auth.PrepareDeliveries), s.handleCreateAudience},
 		{"GET", "/api/v1/audiences", readProfiles, s.handleListAudiences},
@@ -114,6 +118,10 @@ func (s *Server) routeTable() []route {
 		{"POST", "/api/v1/deliveries/{id}/resume", needs(auth.StartDeliveries), s.handleResume},
 		{"POST", "/api/v1/deliveries/{id}/stop", needs(auth.StartDeliveries), s.handleStop},
 		{"GET", "/api/v1/deliveries/{id}/events", authenticated, s.handleDeliveryEvents},
+		{"GET", "/api/v1/deliveries/{id}/logs", readDeliveries, s.handleDeliveryLogs},
+		{"GET", "/api/v1/deliveries/{id}/exclusions", readDeliveries, s.handleDeliveryExclusions},
+		{"GET", "/api/v1/deliveries/{id}/tracking", readDeliveries, s.handleDeliveryTracking},
+		{"GET", "/api/v1/deliveries/{id}/links", readDeliveries, s.handleDeliveryLinks},
 		{"GET", "/api/v1/captured", authenticated, s.handleListCaptured},
 		{"GET", "/api/v1/captured/{id}", authenticated, s.handleGetCaptured},
 		{"POST", "/api/v1/deliveries/{id}/compute-stats", anyOf(auth.PrepareDeliveries, auth.ApproveDeliveries, auth.Export), s.handleComputeStats},

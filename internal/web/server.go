@@ -52,6 +52,8 @@ type Deps struct {
 	Stats      *stats.Service
 	// Tracking serves the /t/ endpoints; nil answers them 404.
 	Tracking *tracking.Handlers
+	// Links builds tracking URLs (the mirror page in a profile's history); nil leaves them out.
+	Links *tracking.Links
 	// Bounces serves the bounce webhook endpoints; nil answers them 404.
 	Bounces *BounceWebhooks
 }
