@@ -57,6 +57,7 @@ func newRoot(cfg *config.Config) *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&cfg.DB, "db", cfg.DB, "database: a SQLite file path or a postgres:// URL (HERALD_DB)")
 	root.AddCommand(serveCmd(cfg), migrateCmd(cfg), userCmd(cfg), tokenCmd(cfg), importCmd(cfg), deliveryCmd(cfg), bounceCmd(), versionCmd())
+	root.AddCommand(benchCmd())
 	return root
 }
 

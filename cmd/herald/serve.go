@@ -281,7 +281,7 @@ func startEngine(ctx context.Context, db *store.DB, cfg *config.Config, clk cloc
 		}
 	}
 	eng, err := sending.New(sending.Config{DB: db, Deliveries: deliveries, Quarantine: q, Sender: sender, Links: links,
-		ReturnPath: rp, NodeID: os.Getenv("HERALD_NODE_ID"), Clock: clk, Logger: log})
+		ReturnPath: rp, NodeID: nodeID(cfg), Clock: clk, Logger: log})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -349,4 +349,16 @@ func startBounces(ctx context.Context, db *store.DB, cfg *config.Config, clk clo
 	}()
 	log.Info("bounce listener is listening", "addr", ln.Addr().String(), "domain", cfg.BounceDomain)
 	return hooks, l, nil
+}
+
+// nodeID names this node in sending-log leases: HERALD_NODE_ID, else the host name and the
+// listen address. The default is stable across restarts, so a restarted node takes back at
+// once the rows its dead run held, and unique among live nodes of one host, since two
+// processes cannot listen on one address.
+func nodeID(cfg *config.Config) string {
+	if id := os.Getenv("HERALD_NODE_ID"); id != "" {
+		return id
+	}
+	host, _ := os.Hostname()
+	return host + "/" + cfg.Addr
 }

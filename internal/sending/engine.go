@@ -191,6 +191,11 @@ func (e *Engine) NodeID() string { return e.cfg.NodeID }
 // Start starts the workers and the pause watcher; they run until Stop or until ctx ends.
 // Calling Start again does nothing.
 func (e *Engine) Start(ctx context.Context) error {
+	// Rows this node id holds now were left by an earlier run of this node that died (node ids
+	// are unique among live nodes): take them back at once instead of after their lease.
+	if err := e.reclaimOwn(ctx); err != nil {
+		return err
+	}
 	e.start.Do(func() {
 		ctx, e.cancel = context.WithCancel(ctx)
 		for i := range e.cfg.Workers {
@@ -361,6 +366,35 @@ func (e *Engine) activeDeliveries(ctx context.Context) ([]activeDelivery, error)
 		out = append(out, d)
 	}
 	return out, rows.Err()
+}
+
+// reclaimOwn returns to the queue the rows leased under this node's id by an earlier run of
+// it: rows in flight as ambiguous (they may have been sent), claimed rows untouched.
+func (e *Engine) reclaimOwn(ctx context.Context) error {
+	var inFlight, claimed int64
+	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'pending', ambiguous = TRUE, lease_owner = NULL, lease_until = NULL
+			WHERE lease_owner = $1 AND status = 'sending'`, e.cfg.NodeID)
+		if err != nil {
+			return err
+		}
+		inFlight, _ = res.RowsAffected()
+		res, err = tx.ExecContext(ctx, `UPDATE sending_log SET lease_owner = NULL, lease_until = NULL
+			WHERE lease_owner = $1 AND status = 'pending'`, e.cfg.NodeID)
+		if err != nil {
+			return err
+		}
+		claimed, _ = res.RowsAffected()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("take back the rows of node %s's earlier run: %w", e.cfg.NodeID, err)
+	}
+	if inFlight+claimed > 0 {
+		e.log.Warn("took back rows left by this node's earlier run; those in flight are marked ambiguous (they may have been sent)",
+			"node", e.cfg.NodeID, "in_flight", inFlight, "claimed", claimed)
+	}
+	return nil
 }
 
 // recoverExpired returns to the queue, marked ambiguous, the rows left in flight by a node

@@ -567,3 +567,39 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRestartTakesBackItsOwnRowsAtOnce: a node that died and starts again under the same id
+// takes back the rows it held without waiting for their lease: rows it had in flight return
+// as ambiguous, rows it had only claimed return untouched, and all are then sent.
+func TestRestartTakesBackItsOwnRowsAtOnce(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 4, 84*time.Hour)
+		lease := f.clk.Now().Add(time.Hour).UnixMilli()
+		if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending', lease_owner = 'n1', lease_until = $1 WHERE address IN ($2, $3)`, lease, f.addrs[0], f.addrs[1]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Write.Exec(`UPDATE sending_log SET lease_owner = 'n1', lease_until = $1 WHERE address = $2`, lease, f.addrs[2]); err != nil {
+			t.Fatal(err)
+		}
+		other := f.engine(t, NewCaptureSender(db, f.clk), "n2", 10)
+		if err := other.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		other.Stop()
+		if n := f.count(t, `lease_owner = 'n1'`); n != 3 {
+			t.Fatalf("another node took %d of n1's leased rows before their lease ran out", 3-n)
+		}
+		e := f.engine(t, NewCaptureSender(db, f.clk), "n1", 10)
+		if err := e.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		e.Stop()
+		drain(t, e)
+		if n := f.count(t, `status = 'sent'`); n != 4 {
+			t.Fatalf("%d rows sent after the restart, want 4", n)
+		}
+		if n := f.count(t, `ambiguous`); n != 2 {
+			t.Fatalf("%d rows ambiguous, want the 2 that were in flight", n)
+		}
+	})
+}

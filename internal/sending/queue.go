@@ -66,6 +66,16 @@ func queriesFor(eng store.Engine) queries {
 	}
 }
 
+// noIndex returns col so that SQLite does not pick an index on it: for a statement that names
+// its rows by id, SQLite may otherwise walk the status index over every pending row of every
+// delivery (a cost that grows with the queue) instead of looking the ids up.
+func (q queries) noIndex(col string) string {
+	if q.engine == store.SQLite {
+		return "+" + col
+	}
+	return col
+}
+
 // idSet returns the SQL of a row source of the ids, as parameter $n, and its argument.
 func (q queries) idSet(ids []int64, n int) (string, any) {
 	p := "$" + strconv.Itoa(n)
@@ -132,7 +142,7 @@ func (e *Engine) markInFlight(ctx context.Context, deliveryID int64, ids []int64
 	var n int64
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'sending', lease_until = $2
-			WHERE lease_owner = $1 AND status = 'pending' AND id IN `+set+`
+			WHERE `+e.sql.noIndex("lease_owner")+` = $1 AND `+e.sql.noIndex("status")+` = 'pending' AND id IN `+set+`
 			AND EXISTS (SELECT 1 FROM deliveries WHERE id = $4 AND state IN ('sending', 'retrying'))`,
 			e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID)
 		if err != nil {
@@ -152,7 +162,7 @@ func (e *Engine) release(ctx context.Context, ids []int64) error {
 	set, arg := e.sql.idSet(ids, 2)
 	return e.db.InTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `UPDATE sending_log SET lease_owner = NULL, lease_until = NULL
-			WHERE lease_owner = $1 AND status = 'pending' AND id IN `+set, e.cfg.NodeID, arg)
+			WHERE `+e.sql.noIndex("lease_owner")+` = $1 AND `+e.sql.noIndex("status")+` = 'pending' AND id IN `+set, e.cfg.NodeID, arg)
 		return err
 	})
 }

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel/email/smtptest"
+	"github.com/heraldhq/herald/internal/profile"
+	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/store/storetest"
+)
+
+// crashPost sends a JSON POST to the API and decodes the answer.
+func crashPost(t *testing.T, url, token string, body any) (int, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest("POST", url, rd)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// TestSIGKILLWhileSending is DESIGN.md §4's crash promise, on the binary: a `herald serve`
+// sending 20,000 messages to an in-process SMTP server is killed with SIGKILL 3 to 5 times at
+// random points while messages flow, and restarted each time on the same database. In the
+// end every recipient has received the message; those received twice are among the rows
+// that were in flight (status sending) at the kills, and exactly those rows say ambiguous.
+//
+// Each restart is the same node (serve's default node id is the host name and the listen
+// address, stable across restarts): on start it takes back at once the rows its dead run
+// held, with no wait for their lease.
+func TestSIGKILLWhileSending(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills and restarts herald serve several times; skipped under -short")
+	}
+	const n = 20_000
+	dsn := storetest.DSN(t, store.SQLite)
+	mail := smtptest.Start(t, smtptest.Options{})
+	for _, u := range [][]string{{"maker", "Prepare deliveries"}, {"starter", "Start deliveries"}} {
+		if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
+			t.Fatalf("user add: %v\n%s", err, out)
+		}
+	}
+	csv := filepath.Join(t.TempDir(), "people.csv")
+	var buf bytes.Buffer
+	_, _ = io.Copy(&buf, profile.GenerateCSV(n, 3))
+	if err := os.WriteFile(csv, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, dsn, "", "import", "profiles", csv); err != nil || !strings.Contains(out, fmt.Sprintf("%d created", n)) {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	token := func(login string) string {
+		out, err := run(t, dsn, "", "token", "create", "--login", login)
+		if err != nil {
+			t.Fatalf("token create: %v\n%s", err, out)
+		}
+		return strings.Fields(out)[0]
+	}
+	maker, starter := token("maker"), token("starter")
+	env := func(int) []string {
+		return []string{"HERALD_SMTP_RELAYS=smtp://" + mail.Addr() + "?starttls=off", "HERALD_NODE_ID=crash-node"}
+	}
+
+	s := startServer(t, dsn, env(0)...)
+	api := func() string { return "http://" + s.addr + "/api/v1" }
+	if code, body := crashPost(t, api()+"/audiences", maker, map[string]any{"name": "all", "filter": "id > 0"}); code != 201 {
+		t.Fatalf("audience: %d %v", code, body)
+	}
+	code, d := crashPost(t, api()+"/deliveries", maker, map[string]any{"name": "Crash", "channel": "email", "audience_id": 1,
+		"content": map[string]any{"from_name": "Shop", "from_address": "news@shop.example", "subject": "Hello {{.attributes.first_name}}",
+			"html": `<p>Hello {{.attributes.first_name}} of {{.attributes.city}}</p><a href="https://shop.example/">Shop</a> <a href="{{.unsubscribe_url}}">Unsubscribe</a>`}})
+	if code != 201 {
+		t.Fatalf("create delivery: %d %v", code, d)
+	}
+	id := fmt.Sprint(d["id"])
+	if code, d := crashPost(t, api()+"/deliveries/"+id+"/prepare", maker, nil); code != 200 || d["state"] != "ready" {
+		t.Fatalf("prepare: %d %v", code, d)
+	}
+	if code, d := crashPost(t, api()+"/deliveries/"+id+"/confirm", starter, nil); code != 200 || d["state"] != "sending" {
+		t.Fatalf("confirm: %d %v", code, d)
+	}
+
+	db, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	inFlight := map[int64]bool{} // rows in status sending at a kill
+	kills := 3 + rand.IntN(3)
+	for k := range kills {
+		// A random point in the k-th slice of the send, then a random few milliseconds more.
+		slice := n / (kills + 1)
+		target := int64(slice*(k+1) - slice/4 + rand.IntN(slice/2))
+		deadline := time.Now().Add(60 * time.Second)
+		for mail.Count() < target {
+			if time.Now().After(deadline) {
+				t.Fatalf("kill %d: the server has %d messages after 60 s, waiting for %d", k+1, mail.Count(), target)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(time.Duration(rand.IntN(30)) * time.Millisecond)
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		received := mail.Count()
+
+		rows, err := db.Read.Query(`SELECT id FROM sending_log WHERE status = 'sending'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sending := 0
+		for rows.Next() {
+			var rid int64
+			if err := rows.Scan(&rid); err != nil {
+				t.Fatal(err)
+			}
+			inFlight[rid] = true
+			sending++
+		}
+		rows.Close()
+		var leased int
+		if err := db.Read.QueryRow(`SELECT COUNT(*) FROM sending_log WHERE lease_owner = 'crash-node' AND lease_until > $1`, time.Now().UnixMilli()).Scan(&leased); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("kill %d: SIGKILL at %d messages received; %d rows in flight, %d rows still leased (taken back at the restart)", k+1, received, sending, leased)
+		s = startServer(t, dsn, env(k+1)...)
+	}
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		code, d := getJSON(t, api()+"/deliveries/"+id, maker)
+		if code == 200 && d["state"] == "finished" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("delivery not finished 60 s after the last restart: %d %v (server has %d messages)", code, d["state"], mail.Count())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.stop(t)
+
+	got := map[string]int{}
+	for _, m := range mail.Messages() {
+		for _, to := range m.To {
+			got[to]++
+		}
+	}
+	rows, err := db.Read.Query(`SELECT id, address, status, ambiguous FROM sending_log WHERE delivery_id = $1`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var total, dups, ambiguous, ambiguousOnce int
+	for rows.Next() {
+		var rid int64
+		var addr, status string
+		var amb bool
+		if err := rows.Scan(&rid, &addr, &status, &amb); err != nil {
+			t.Fatal(err)
+		}
+		total++
+		c := got[addr]
+		switch {
+		case status != "sent":
+			t.Errorf("row %d (%s) is %s, want sent", rid, addr, status)
+		case c == 0:
+			t.Errorf("%s never received its message", addr)
+		case c > 2:
+			t.Errorf("%s received %d copies; at most one resend is allowed", addr, c)
+		case c == 2 && !inFlight[rid]:
+			t.Errorf("%s received twice but its row was not in flight at a kill", addr)
+		}
+		if c == 2 {
+			dups++
+		}
+		if amb != inFlight[rid] {
+			t.Errorf("row %d (%s): ambiguous = %v, in flight at a kill = %v", rid, addr, amb, inFlight[rid])
+		}
+		if amb {
+			ambiguous++
+			if c == 1 {
+				ambiguousOnce++
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if total != n {
+		t.Fatalf("the sending log has %d rows, want %d", total, n)
+	}
+	if dups > len(inFlight) {
+		t.Errorf("%d recipients received twice, more than the %d messages in flight at the kills", dups, len(inFlight))
+	}
+	t.Logf("%d kills: %d messages received for %d recipients; %d in flight at the kills, %d rows ambiguous (%d of them received twice, %d once)",
+		kills, mail.Count(), n, len(inFlight), ambiguous, dups, ambiguousOnce)
+}
