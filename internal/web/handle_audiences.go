@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/heraldhq/herald/internal/audience"
@@ -31,17 +32,7 @@ func (s *Server) handleListAudiences(w http.ResponseWriter, r *http.Request, _ a
 }
 
 func (s *Server) handleGetAudience(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	id, err := pathID(r, "id")
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	a, err := s.Audiences.Get(r.Context(), id)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, a)
+	s.withID(w, r, func(ctx context.Context, id int64) (any, error) { return s.Audiences.Get(ctx, id) })
 }
 
 type audienceUpdate struct {
@@ -50,22 +41,10 @@ type audienceUpdate struct {
 }
 
 func (s *Server) handleUpdateAudience(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	id, err := pathID(r, "id")
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	var req audienceUpdate
-	if err := s.decode(w, r, &req); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	a, err := s.Audiences.Update(r.Context(), p.Actor(), id, req.Name, req.Filter)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, a)
+	s.withIDBody(w, r, &req, func(ctx context.Context, id int64) (any, error) {
+		return s.Audiences.Update(ctx, p.Actor(), id, req.Name, req.Filter)
+	})
 }
 
 func (s *Server) handleDeleteAudience(w http.ResponseWriter, r *http.Request, p auth.Principal) {
@@ -82,17 +61,10 @@ func (s *Server) handleDeleteAudience(w http.ResponseWriter, r *http.Request, p 
 }
 
 func (s *Server) handleCountAudience(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	id, err := pathID(r, "id")
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	n, err := s.Audiences.Count(r.Context(), id)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"audience_id": id, "count": n})
+	s.withID(w, r, func(ctx context.Context, id int64) (any, error) {
+		n, err := s.Audiences.Count(ctx, id)
+		return map[string]any{"audience_id": id, "count": n}, err
+	})
 }
 
 // handlePreviewAudience lists the audience's first profiles (?limit=, default 20).

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"net/http"
 	"strings"
 
@@ -70,36 +71,12 @@ func (s *Server) handleListProfiles(w http.ResponseWriter, r *http.Request, _ au
 }
 
 func (s *Server) handleGetProfile(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	id, err := pathID(r, "id")
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	p, err := s.Profiles.Get(r.Context(), id)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, p)
+	s.withID(w, r, func(ctx context.Context, id int64) (any, error) { return s.Profiles.Get(ctx, id) })
 }
 
 func (s *Server) handleUpdateProfile(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	id, err := pathID(r, "id")
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	var in profile.Input
-	if err := s.decode(w, r, &in); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	out, err := s.Profiles.Update(r.Context(), p.Actor(), id, in)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
+	s.withIDBody(w, r, &in, func(ctx context.Context, id int64) (any, error) { return s.Profiles.Update(ctx, p.Actor(), id, in) })
 }
 
 // handleEraseProfile erases a profile's personal data (see profile.Service.Erase).
@@ -117,18 +94,8 @@ func (s *Server) handleEraseProfile(w http.ResponseWriter, r *http.Request, p au
 }
 
 func (s *Server) handleExportProfile(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	id, err := pathID(r, "id")
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	ex, err := s.Profiles.ExportData(r.Context(), p.Actor(), id)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	w.Header().Set("Content-Disposition", `attachment; filename="profile-`+r.PathValue("id")+`.json"`)
-	writeJSON(w, http.StatusOK, ex)
+	s.withID(w, r, func(ctx context.Context, id int64) (any, error) { return s.Profiles.ExportData(ctx, p.Actor(), id) })
 }
 
 // handleImportProfiles streams a CSV body into the import and answers its counts and
