@@ -8,17 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/heraldhq/herald/internal/audience/filter"
 	"github.com/heraldhq/herald/internal/audit"
 	"github.com/heraldhq/herald/internal/auth"
-	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/content"
 	"github.com/heraldhq/herald/internal/problem"
 	"github.com/heraldhq/herald/internal/quarantine"
@@ -273,8 +269,32 @@ func (s *Service) prepare(ctx context.Context, actor auth.Principal, d Delivery,
 				return fmt.Errorf("prepare delivery %d: %w", d.ID, err)
 			}
 		}
+		aud, err := s.audienceQuery(ctx, tx, d, now)
+		if err != nil {
+			return err
+		}
+
+		// (4) Every recipient rendered once. On SQLite the check reads the whole audience on a
+		// reader connection, on the other core, while this transaction computes the target:
+		// this transaction holds the write lock from its start, so the reader sees the very
+		// profiles it does. Failures of profiles excluded meanwhile are dropped at the end. On
+		// PostgreSQL it reads the final target in this transaction, after the rules.
+		var check *renderCheck
+		checkDone := make(chan error, 1)
+		superset := eng == store.SQLite && s.db.Read != s.db.Write
+		if tpl != nil {
+			check = newRenderCheck(tpl)
+			if superset {
+				cctx, stop := context.WithCancel(ctx)
+				defer func() { stop(); <-checkDone }()
+				go func() {
+					checkDone <- check.run(cctx, s.db.Read, func(id int64, _ error) { check.failed.add(id) },
+						`SELECT `+check.selectList()+` FROM `+aud.from+` WHERE `+aud.where, aud.args...)
+				}()
+			}
+		}
 		var cs codes
-		if err := s.insertTarget(ctx, tx, d, applied, now, &cs, &l); err != nil {
+		if err := s.insertTarget(ctx, tx, d, aud, applied, now, &cs, &l); err != nil {
 			return err
 		}
 		if err := phase("target"); err != nil {
@@ -305,10 +325,25 @@ func (s *Service) prepare(ctx context.Context, actor auth.Principal, d Delivery,
 			return err
 		}
 
-		// (4) Every recipient rendered once.
-		if tpl != nil && d.Counts.ToDeliver > 0 {
-			if err := s.checkPersonalisation(ctx, tx, tpl, &l); err != nil {
-				return err
+		// (4) Every recipient rendered once (see above).
+		if check != nil {
+			if superset {
+				err := <-checkDone
+				checkDone <- nil // for the deferred wait
+				if err != nil {
+					return err
+				}
+			} else if d.Counts.ToDeliver > 0 {
+				err := check.run(ctx, tx, func(id int64, _ error) { check.failed.add(id) },
+					`SELECT `+check.selectList()+` FROM `+prepTable+` t JOIN profiles p ON p.id = t.profile_id WHERE t.code IS NULL`)
+				if err != nil {
+					return err
+				}
+			}
+			if d.Counts.ToDeliver > 0 {
+				if err := s.reportPersonalisation(ctx, tx, check, superset, &l); err != nil {
+					return err
+				}
 			}
 		}
 		if err := phase("personalisation"); err != nil {
@@ -317,15 +352,18 @@ func (s *Service) prepare(ctx context.Context, actor auth.Principal, d Delivery,
 
 		// (5) The logs, in bulk.
 		reasonSQL, ruleSQL, spellArgs := cs.spell(2)
+		args := append([]any{d.ID}, spellArgs...)
+		pins, pinArgs := allocatorPins(eng, len(args)+1)
 		if _, err := tx.ExecContext(ctx, `INSERT INTO exclusion_log (delivery_id, profile_id, reason, rule)
-			SELECT $1, profile_id, `+reasonSQL+`, `+ruleSQL+` FROM `+prepTable+` WHERE code IS NOT NULL`, append([]any{d.ID}, spellArgs...)...); err != nil {
+			SELECT $1, profile_id, `+reasonSQL+`, `+ruleSQL+` FROM `+prepTable+` WHERE code IS NOT NULL`+pins, append(args, pinArgs...)...); err != nil {
 			return fmt.Errorf("write the exclusion log of delivery %d: %w", d.ID, err)
 		}
 		to := Ready
+		pins, pinArgs = allocatorPins(eng, 2)
 		if len(l.Errors) > 0 {
 			to = PrepareFailed
 		} else if _, err := tx.ExecContext(ctx, `INSERT INTO sending_log (delivery_id, profile_id, address, status)
-			SELECT $1, profile_id, address, 'pending' FROM `+prepTable+` WHERE code IS NULL ORDER BY profile_id`, d.ID); err != nil {
+			SELECT $1, profile_id, address, 'pending' FROM `+prepTable+` WHERE code IS NULL`+pins+` ORDER BY profile_id`, append([]any{d.ID}, pinArgs...)...); err != nil {
 			return fmt.Errorf("write the sending log of delivery %d: %w", d.ID, err)
 		}
 		if eng == store.SQLite {
@@ -440,51 +478,64 @@ func splitJoined(err error) []error {
 	return []error{err}
 }
 
-// insertTarget fills the working table with the audience's profiles (erased ones never) and,
-// for each, the first built-in or user filtering rule that excludes it, in rule order.
-func (s *Service) insertTarget(ctx context.Context, tx *sql.Tx, d Delivery, applied []Rule, now time.Time, cs *codes, l *PrepLog) error {
-	eng := s.db.Engine
-	var args []any
-	arg := func(v any) string {
-		args = append(args, v)
-		return "$" + strconv.Itoa(len(args))
-	}
+// audience is the audience part of a target query: FROM and WHERE over profiles p (erased
+// ones never), with their arguments numbered from $1.
+type audience struct {
+	from, where string
+	args        []any
+}
+
+// audienceQuery reads d's audience and returns its query.
+func (s *Service) audienceQuery(ctx context.Context, tx *sql.Tx, d Delivery, now time.Time) (audience, error) {
+	a := audience{from: "profiles p", where: "p.erased_at IS NULL"}
 	if d.AudienceID == 0 {
-		return problem.Conflictf("no_audience", "delivery %d has no audience; choose one, then prepare it", d.ID)
+		return a, problem.Conflictf("no_audience", "delivery %d has no audience; choose one, then prepare it", d.ID)
 	}
 	var kind, filterText string
 	err := tx.QueryRowContext(ctx, `SELECT kind, filter FROM audiences WHERE id = $1`, d.AudienceID).Scan(&kind, &filterText)
 	if errors.Is(err, sql.ErrNoRows) {
-		return problem.Conflictf("no_audience", "the audience (id %d) of delivery %d no longer exists; choose another", d.AudienceID, d.ID)
+		return a, problem.Conflictf("no_audience", "the audience (id %d) of delivery %d no longer exists; choose another", d.AudienceID, d.ID)
 	} else if err != nil {
-		return fmt.Errorf("read audience %d: %w", d.AudienceID, err)
+		return a, fmt.Errorf("read audience %d: %w", d.AudienceID, err)
 	}
-	from := "profiles p"
-	where := "p.erased_at IS NULL"
 	if kind == "list" {
-		from += " JOIN audience_members m ON m.profile_id = p.id AND m.audience_id = " + arg(d.AudienceID)
+		a.args = append(a.args, d.AudienceID)
+		a.from += " JOIN audience_members m ON m.profile_id = p.id AND m.audience_id = $1"
 	} else if strings.TrimSpace(filterText) != "" {
 		e, err := filter.Parse(filterText)
 		if err != nil {
-			return problem.Conflictf("audience_invalid", "the filter of audience %d is not valid: %v", d.AudienceID, err)
+			return a, problem.Conflictf("audience_invalid", "the filter of audience %d is not valid: %v", d.AudienceID, err)
 		}
-		w, fargs, err := filter.CompileQualified(e, eng, "p", len(args)+1, now)
+		w, fargs, err := filter.CompileQualified(e, s.db.Engine, "p", 1, now)
 		if err != nil {
-			return problem.Conflictf("audience_invalid", "the filter of audience %d is not valid: %v", d.AudienceID, err)
+			return a, problem.Conflictf("audience_invalid", "the filter of audience %d is not valid: %v", d.AudienceID, err)
 		}
-		args = append(args, fargs...)
-		where += " AND " + w
+		a.args = append(a.args, fargs...)
+		a.where += " AND " + w
 	}
+	return a, nil
+}
 
+// insertTarget fills the working table with the audience's profiles and, for each, the first
+// built-in or user filtering rule that excludes it, in rule order.
+func (s *Service) insertTarget(ctx context.Context, tx *sql.Tx, d Delivery, aud audience, applied []Rule, now time.Time, cs *codes, l *PrepLog) error {
+	eng := s.db.Engine
+	args := slices.Clone(aud.args)
 	addr := addressExpr(d.Channel)
 	// One CASE, each condition written once, so that SQLite evaluates each (the quarantine
-	// probe above all) at most once per profile.
+	// probe above all) at most once per profile. The email quarantine is probed after, apart,
+	// from whichever side is smaller (see markQuarantined).
 	var c strings.Builder
 	fmt.Fprintf(&c, "CASE WHEN %s IS NULL OR %s = '' THEN %d", addr, addr, cs.add(ReasonAddressMissing, RuleAddressMissing))
-	fmt.Fprintf(&c, " WHEN NOT %s THEN %d", validAddressSQL(eng, d.Channel, addr), cs.add(ReasonAddressInvalid, RuleAddressInvalid))
-	fmt.Fprintf(&c, " ELSE CASE (SELECT q.status FROM quarantine q WHERE q.channel = '%s' AND q.address = %s AND q.status IN (%s))",
-		d.Channel, addr, quarantine.BlockingStatusesSQL)
-	fmt.Fprintf(&c, " WHEN 'quarantine' THEN %d WHEN 'denylist' THEN %d", cs.add(ReasonQuarantined, RuleQuarantined), cs.add(ReasonDenylisted, RuleDenylisted))
+	invalid := cs.add(ReasonAddressInvalid, RuleAddressInvalid)
+	fmt.Fprintf(&c, " WHEN NOT %s THEN %d", validAddressSQL(eng, d.Channel, addr), invalid)
+	q := quarantineCodes{quarantined: cs.add(ReasonQuarantined, RuleQuarantined), denylisted: cs.add(ReasonDenylisted, RuleDenylisted)}
+	apart := d.Channel == Email
+	ends := " END END"
+	if !apart {
+		fmt.Fprintf(&c, " ELSE CASE %s", q.caseOf(d.Channel, addr))
+		ends += " END"
+	}
 	fmt.Fprintf(&c, " ELSE CASE WHEN %s THEN %d", optOutColumn(d.Channel), cs.add(ReasonOptedOut, RuleOptedOut))
 	for _, r := range applied {
 		if r.Kind != FilteringRule {
@@ -503,11 +554,56 @@ func (s *Service) insertTarget(ctx context.Context, tx *sql.Tx, d Delivery, appl
 		}
 		l.Errors = append(l.Errors, LogEntry{Rule: r.Name, Message: "the rule's filter is not valid: " + err.Error()})
 	}
-	c.WriteString(" END END END")
-	q := `INSERT INTO ` + prepTable + ` (profile_id, address, code) SELECT p.id, ` + addr + `, ` + c.String() +
-		` FROM ` + from + ` WHERE ` + where + ` ORDER BY p.id`
-	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+	c.WriteString(ends)
+	res, err := tx.ExecContext(ctx, `INSERT INTO `+prepTable+` (profile_id, address, code) SELECT p.id, `+addr+`, `+c.String()+
+		` FROM `+aud.from+` WHERE `+aud.where+` ORDER BY p.id`, args...)
+	if err != nil {
 		return fmt.Errorf("compute the target of delivery %d: %w", d.ID, err)
+	}
+	if !apart {
+		return nil
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("compute the target of delivery %d: %w", d.ID, err)
+	}
+	return markQuarantined(ctx, tx, d, n, invalid, q)
+}
+
+// quarantineCodes are the exclusion codes of the quarantine's two blocking statuses.
+type quarantineCodes struct{ quarantined, denylisted int }
+
+// caseOf is a CASE operand and its WHENs giving the code of the blocking quarantine status of
+// addr (an expression, never input) on ch, NULL when none.
+func (q quarantineCodes) caseOf(ch Channel, addr string) string {
+	return fmt.Sprintf("(SELECT q.status FROM quarantine q WHERE q.channel = '%s' AND q.address = %s AND q.status IN (%s)) WHEN 'quarantine' THEN %d WHEN 'denylist' THEN %d",
+		ch, addr, quarantine.BlockingStatusesSQL, q.quarantined, q.denylisted)
+}
+
+// markQuarantined gives the email quarantine's code to the n profiles of the working table
+// whose address it blocks, unless an earlier rule (a missing or invalid address, code up to
+// invalid) excluded them; it comes before the opt-out and the filtering rules, whose codes it
+// replaces. Probing the quarantine for each of a million profiles costs more than the
+// quarantine is usually long: when it holds fewer blocked addresses than the target has
+// profiles, it is walked instead, and each address found through the profiles' unique index
+// on email_key, the address column of email.
+func markQuarantined(ctx context.Context, tx *sql.Tx, d Delivery, n int64, invalid int, q quarantineCodes) error {
+	var blocked int64
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT 1 FROM quarantine q WHERE q.channel = $1 AND q.status IN (`+
+		quarantine.BlockingStatusesSQL+`) LIMIT $2) b`, Email, n).Scan(&blocked); err != nil {
+		return fmt.Errorf("read the quarantine for delivery %d: %w", d.ID, err)
+	}
+	if blocked == 0 {
+		return nil
+	}
+	which := `EXISTS (SELECT 1 FROM quarantine q WHERE q.channel = 'email' AND q.address = ` + prepTable + `.address AND q.status IN (` + quarantine.BlockingStatusesSQL + `))`
+	if blocked < n {
+		which = `profile_id IN (SELECT p.id FROM quarantine q JOIN profiles p ON p.email_key = q.address
+			WHERE q.channel = 'email' AND q.status IN (` + quarantine.BlockingStatusesSQL + `))`
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE `+prepTable+` SET code = CASE `+q.caseOf(Email, prepTable+`.address`)+` END
+		WHERE (code IS NULL OR code > $1) AND `+which, invalid); err != nil {
+		return fmt.Errorf("apply the quarantine to delivery %d: %w", d.ID, err)
 	}
 	return nil
 }
@@ -519,10 +615,18 @@ func markDuplicates(ctx context.Context, tx *sql.Tx, d Delivery, cs *codes) erro
 	// lowest id) is one that can receive the message. They are found apart because sorting
 	// the whole target by address inside the INSERT would write it out of id order, which
 	// costs more than this pass.
+	//
+	// The addresses that may be duplicated are those two profiles share once lower-cased. For
+	// email, whose address (email_key) is unique among profiles, two such addresses differ,
+	// so one of them at least is not its own lower case: the few addresses that are not give
+	// every duplicated address, without grouping the whole target.
+	candidates := `SELECT lower(address) FROM ` + prepTable + ` WHERE code IS NULL GROUP BY lower(address) HAVING count(*) > 1`
+	if d.Channel == Email {
+		candidates = `SELECT lower(address) FROM ` + prepTable + ` WHERE code IS NULL AND address <> lower(address)`
+	}
 	if _, err := tx.ExecContext(ctx, `UPDATE `+prepTable+` SET code = $1 WHERE code IS NULL AND profile_id IN (
 		SELECT profile_id FROM (SELECT profile_id, ROW_NUMBER() OVER (PARTITION BY lower(address) ORDER BY profile_id) AS rn
-			FROM `+prepTable+` WHERE code IS NULL AND lower(address) IN (
-				SELECT lower(address) FROM `+prepTable+` WHERE code IS NULL GROUP BY lower(address) HAVING count(*) > 1)) dup
+			FROM `+prepTable+` WHERE code IS NULL AND lower(address) IN (`+candidates+`)) dup
 		WHERE rn > 1)`, cs.add(ReasonDuplicate, RuleDuplicate)); err != nil {
 		return fmt.Errorf("find duplicate addresses in the target of delivery %d: %w", d.ID, err)
 	}
@@ -560,12 +664,17 @@ func applyFatigue(ctx context.Context, tx *sql.Tx, d Delivery, r Rule, contact t
 // countTarget reads the figures from the working table: targeted, excluded by reason and
 // rule (in rule order of first appearance), and to deliver.
 func countTarget(ctx context.Context, tx *sql.Tx, d *Delivery, cs codes, l *PrepLog) error {
-	rows, err := tx.QueryContext(ctx, `SELECT code, count(*) FROM `+prepTable+` GROUP BY code`)
+	// Grouping only the excluded profiles, a few, costs a fraction of grouping them all.
+	d.Counts = Counts{}
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM `+prepTable).Scan(&d.Counts.Targeted); err != nil {
+		return fmt.Errorf("count the target of delivery %d: %w", d.ID, err)
+	}
+	d.Counts.ToDeliver = d.Counts.Targeted
+	rows, err := tx.QueryContext(ctx, `SELECT code, count(*) FROM `+prepTable+` WHERE code IS NOT NULL GROUP BY code`)
 	if err != nil {
 		return fmt.Errorf("count the target of delivery %d: %w", d.ID, err)
 	}
 	defer rows.Close()
-	d.Counts = Counts{}
 	byCode := map[int64]int64{}
 	for rows.Next() {
 		var code sql.NullInt64
@@ -573,11 +682,7 @@ func countTarget(ctx context.Context, tx *sql.Tx, d *Delivery, cs codes, l *Prep
 		if err := rows.Scan(&code, &n); err != nil {
 			return fmt.Errorf("count the target of delivery %d: %w", d.ID, err)
 		}
-		d.Counts.Targeted += n
-		if !code.Valid {
-			d.Counts.ToDeliver += n
-			continue
-		}
+		d.Counts.ToDeliver -= n
 		if code.Int64 < 0 || int(code.Int64) >= len(cs) {
 			return fmt.Errorf("count the target of delivery %d: unknown exclusion code %d", d.ID, code.Int64)
 		}
@@ -597,116 +702,6 @@ func countTarget(ctx context.Context, tx *sql.Tx, d *Delivery, cs codes, l *Prep
 		l.Warnings = append(l.Warnings, LogEntry{Rule: ruleAudience, Message: "the audience selects nobody"})
 	} else if d.Counts.ToDeliver == 0 {
 		l.Errors = append(l.Errors, LogEntry{Rule: ruleAudience, Message: fmt.Sprintf("every one of the %d targeted profiles was excluded; there is nobody to deliver to", d.Counts.Targeted)})
-	}
-	return nil
-}
-
-// renderBatch is how many recipients a personalisation worker takes at a time.
-const renderBatch = 256
-
-// checkPersonalisation renders every recipient still targeted once, on NumCPU workers, and
-// lists those that fail. Memory is bounded: rows are streamed, a few batches at a time.
-func (s *Service) checkPersonalisation(ctx context.Context, tx *sql.Tx, tpl *content.Template, l *PrepLog) error {
-	c := tpl.Content()
-	if tpl.DerivesText() {
-		// Deriving the text from the rendered HTML cannot fail on a recipient's data, and
-		// costs as much as the render: check with a fixed text part instead.
-		cc := c
-		cc.Text = "-"
-		if t, err := content.Compile(cc, content.Options{}); err == nil {
-			tpl = t
-		}
-	}
-	usesAttrs := strings.Contains(c.Subject+c.HTML+c.Text, "attributes") || strings.Contains(c.Subject+c.HTML+c.Text, "attr")
-	attrCol := "''"
-	if usesAttrs {
-		attrCol = "p.attributes"
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT p.id, p.email, p.phone, p.locale, p.time_zone, p.external_id, p.created_at, `+attrCol+`
-		FROM `+prepTable+` t JOIN profiles p ON p.id = t.profile_id WHERE t.code IS NULL ORDER BY t.profile_id`)
-	if err != nil {
-		return fmt.Errorf("read recipients: %w", err)
-	}
-	defer rows.Close()
-
-	type item struct {
-		rc    content.Recipient
-		attrs string
-	}
-	workers := runtime.NumCPU()
-	batches := make(chan []item, 2*workers)
-	var mu sync.Mutex
-	var failed int64
-	var failures []RecipientFailure
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := tpl.NewRenderer()
-			for b := range batches {
-				for i := range b {
-					it := &b[i]
-					err := error(nil)
-					if usesAttrs {
-						it.rc.Attributes, err = content.DecodeAttributes([]byte(it.attrs))
-					}
-					if err == nil {
-						it.rc.UnsubscribeURL, it.rc.MirrorURL = "https://herald.invalid/t/u/x", "https://herald.invalid/t/m/x"
-						_, err = r.Render(&it.rc, content.RenderOptions{})
-					}
-					if err != nil {
-						mu.Lock()
-						failed++
-						if len(failures) < MaxPersonalisationFailures {
-							failures = append(failures, RecipientFailure{ProfileID: it.rc.ID, Error: err.Error()})
-						}
-						mu.Unlock()
-					}
-				}
-			}
-		}()
-	}
-	batch := make([]item, 0, renderBatch)
-	var scanErr error
-	for rows.Next() {
-		var it item
-		var email, phone, locale, tz, ext sql.NullString
-		var created int64
-		if scanErr = rows.Scan(&it.rc.ID, &email, &phone, &locale, &tz, &ext, &created, &it.attrs); scanErr != nil {
-			break
-		}
-		it.rc.Email, it.rc.Phone, it.rc.Locale, it.rc.TimeZone, it.rc.ExternalID = email.String, phone.String, locale.String, tz.String, ext.String
-		it.rc.CreatedAt = clock.FromMillis(created)
-		batch = append(batch, it)
-		if len(batch) == renderBatch {
-			select {
-			case batches <- batch:
-			case <-ctx.Done():
-				scanErr = ctx.Err()
-			}
-			if scanErr != nil {
-				break
-			}
-			batch = make([]item, 0, renderBatch)
-		}
-	}
-	if scanErr == nil && len(batch) > 0 {
-		batches <- batch
-	}
-	close(batches)
-	wg.Wait()
-	if scanErr != nil {
-		return fmt.Errorf("read recipients: %w", scanErr)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read recipients: %w", err)
-	}
-	slices.SortFunc(failures, func(a, b RecipientFailure) int { return int(a.ProfileID - b.ProfileID) })
-	l.PersonalisationFailed, l.PersonalisationFailures = failed, failures
-	if failed > 0 {
-		l.Errors = append(l.Errors, LogEntry{Rule: rulePersonalisation,
-			Message: fmt.Sprintf("the message did not render for %d recipients (see personalisation_failures); fix the content or the profiles, then prepare again", failed)})
 	}
 	return nil
 }
