@@ -60,6 +60,6 @@ process's, the in-process sink included; on a shared machine every figure is a l
 	f.IntVar(&o.BatchSize, "batch", 0, "engine batch size; 0 means the engine default")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the end-to-end phase to this file")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
-	cmd.AddCommand(send)
+	cmd.AddCommand(send, benchTrackCmd())
 	return cmd
 }

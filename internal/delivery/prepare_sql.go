@@ -1,8 +1,6 @@
 package delivery
 
 import (
-	"strconv"
-	"strings"
 
 	"github.com/heraldhq/herald/internal/store"
 )
@@ -97,27 +95,7 @@ func idsFromJSON(eng store.Engine) string {
 	return `SELECT value FROM json_each($1)`
 }
 
-// sqliteAllocatorPins are the sizes of two texts bound to the bulk inserts of preparation on
-// SQLite, to keep the pure-Go SQLite's allocator from mapping and unmapping memory on every
-// B-tree page split. That allocator (modernc.org/memory) hands blocks of 8 and 16 KiB out of
-// 64 KiB slabs and unmaps a slab as soon as its last block is freed; a page split
-// (balance_nonroot) takes and frees such a block as scratch, so each of the ten thousand or so
-// splits of a million-row insert into an indexed table mapped and unmapped a slab: half the
-// insert's CPU, measured. A text bound to the statement is allocated from the same allocator
-// and lives until the statement ends, so the slab stays mapped and the splits reuse it. The
-// condition that reads them is constant and evaluated once; if the driver ever allocates
-// otherwise, the pins only stop helping.
-var sqliteAllocatorPins = []int{12 << 10, 6 << 10}
-
-// allocatorPins returns a condition to AND to a bulk insert's WHERE and its arguments,
-// numbered from $first: the pins above on SQLite, nothing on PostgreSQL.
+// allocatorPins is store.AllocatorPins: see there why bulk inserts bind them on SQLite.
 func allocatorPins(eng store.Engine, first int) (cond string, args []any) {
-	if eng != store.SQLite {
-		return "", nil
-	}
-	for i, n := range sqliteAllocatorPins {
-		cond += " AND $" + strconv.Itoa(first+i) + " IS NOT NULL"
-		args = append(args, strings.Repeat(" ", n))
-	}
-	return cond, args
+	return store.AllocatorPins(eng, first)
 }
