@@ -1,7 +1,6 @@
 package delivery
 
 import (
-
 	"github.com/heraldhq/herald/internal/store"
 )
 
