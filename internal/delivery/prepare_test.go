@@ -348,7 +348,9 @@ var _ ProofSender = (*captureSender)(nil)
 
 // BenchmarkPrepare prepares a delivery to HERALD_BENCH_RECIPIENTS profiles (default 100,000)
 // with the built-in filters, one fatigue rule and a personalised newsletter; 1% of the
-// profiles are opted out and 1% quarantined. It reports recipients/s.
+// profiles are opted out and 1% quarantined. So that the fatigue rule has history to count,
+// every profile was sent an earlier delivery two days before, and 1% of them three, which the
+// rule (at most three a week) excludes. It reports recipients/s.
 func BenchmarkPrepare(b *testing.B) {
 	n := 100_000
 	if v := os.Getenv("HERALD_BENCH_RECIPIENTS"); v != "" {
@@ -358,6 +360,7 @@ func BenchmarkPrepare(b *testing.B) {
 		b.Run(string(eng), func(b *testing.B) {
 			db := storetest.New(b, eng)
 			seedProfiles(b, db, n)
+			seedHistory(b, db, t0.Add(-48*time.Hour))
 			s, _ := newService(b, db)
 			ctx := context.Background()
 			if _, err := s.CreateRule(ctx, admin, Rule{Name: "Three a week", Kind: FatigueRule, Settings: RuleSettings{Max: 3, PeriodHours: 24 * 7}, Enabled: true}); err != nil {
@@ -373,12 +376,40 @@ func BenchmarkPrepare(b *testing.B) {
 				if got.State != Ready || got.Counts.Targeted != int64(n) || got.Counts.ToDeliver+got.Counts.Excluded != int64(n) {
 					b.Fatalf("prepared %s %+v %+v", got.State, got.Counts, got.PrepLog)
 				}
+				if fatigued := excludedFor(b, db, d.ID, ReasonFatigue); fatigued < int64(n/100)-2 {
+					b.Fatalf("the fatigue rule excluded %d profiles, want about %d", fatigued, n/100)
+				}
 				b.ReportMetric(float64(n)/secs, "recipients/s")
 				b.ReportMetric(secs, "s/prepare")
 				b.Logf("%s: %d recipients in %.2fs, phases %v", eng, n, secs, got.PrepLog.Phases)
 			}
 		})
 	}
+}
+
+// seedHistory records, for the fatigue rule to count, earlier email deliveries sent at `at`:
+// one to every profile, and two more to 1% of them.
+func seedHistory(b testing.TB, db *store.DB, at time.Time) {
+	b.Helper()
+	for i, where := range []string{"1 = 1", "id % 100 = 42", "id % 100 = 42"} {
+		var id int64
+		if err := db.Write.QueryRow(`INSERT INTO deliveries (name, channel, state, validity_seconds, created_at, updated_at)
+			VALUES ($1, 'email', 'finished', 60, 0, 0) RETURNING id`, fmt.Sprintf("history %d", i)).Scan(&id); err != nil {
+			b.Fatal(err)
+		}
+		exec(b, db, `INSERT INTO sending_log (delivery_id, profile_id, address, status, sent_at)
+			SELECT $1, id, email, 'sent', $2 FROM profiles WHERE `+where, id, at.UnixMilli())
+	}
+}
+
+// excludedFor counts a delivery's exclusion-log rows with the reason.
+func excludedFor(b testing.TB, db *store.DB, id int64, reason Reason) int64 {
+	b.Helper()
+	var n int64
+	if err := db.Read.QueryRow(`SELECT count(*) FROM exclusion_log WHERE delivery_id = $1 AND reason = $2`, id, reason).Scan(&n); err != nil {
+		b.Fatal(err)
+	}
+	return n
 }
 
 // seedProfiles inserts n profiles with set-based SQL (a recursive CTE), 1% opted out and 1%
