@@ -3,7 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -302,7 +306,12 @@ func TestDeliveryCommands(t *testing.T) {
 	if out, err := run(t, dsn, "", "import", "profiles", file); err != nil {
 		t.Fatalf("import: %v\n%s", err, out)
 	}
-	s := startServer(t, dsn)
+	// DKIM configured: every message the server sends is signed.
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(priv)
+	keyFile := filepath.Join(t.TempDir(), "dkim.pem")
+	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	s := startServer(t, dsn, "HERALD_DKIM_KEY_FILE="+keyFile, "HERALD_DKIM_DOMAIN=herald.example", "HERALD_DKIM_SELECTOR=s1")
 	tok, err := run(t, dsn, "", "token", "create", "--login", "maker")
 	if err != nil {
 		t.Fatal(err)
@@ -335,6 +344,18 @@ func TestDeliveryCommands(t *testing.T) {
 		code, page := getJSON(t, "http://"+s.addr+"/api/v1/captured", strings.Fields(tok)[0])
 		msgs, _ := page["messages"].([]any)
 		if code == 200 && len(msgs) == 2 {
+			id := fmt.Sprint(msgs[0].(map[string]any)["id"])
+			req, _ := http.NewRequest("GET", "http://"+s.addr+"/api/v1/captured/"+id, nil)
+			req.Header.Set("Authorization", "Bearer "+strings.Fields(tok)[0])
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(raw), "DKIM-Signature:") || !strings.Contains(string(raw), "d=herald.example") {
+				t.Fatalf("captured message is not DKIM-signed:\n%.800s", raw)
+			}
 			break
 		}
 		if time.Now().After(deadline) {

@@ -112,7 +112,8 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 		return err
 	}
 	// Proofs go out through the same channel as the sends.
-	deliverySvc.ProofSender = &sending.ProofSender{Sender: sender, Composer: &email.Composer{Domain: messageIDDomain(cfg)}}
+	dkim, _ := loadDKIM(cfg) // read once already by startEngine, which reported any error
+	deliverySvc.ProofSender = &sending.ProofSender{Sender: sender, Composer: &email.Composer{Domain: messageIDDomain(cfg), DKIM: dkim}}
 	go runScheduler(ctx, deliverySvc, clk, log)
 	go (&webhook.Dispatcher{DB: db, Clock: clk, Log: log}).Run(ctx, 2*time.Second)
 
@@ -280,8 +281,12 @@ func startEngine(ctx context.Context, db *store.DB, cfg *config.Config, clk cloc
 			return nil, nil, fmt.Errorf("HERALD_BOUNCE_DOMAIN: %w", err)
 		}
 	}
+	dkim, err := loadDKIM(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
 	eng, err := sending.New(sending.Config{DB: db, Deliveries: deliveries, Quarantine: q, Sender: sender, Links: links,
-		ReturnPath: rp, NodeID: nodeID(cfg), Clock: clk, Logger: log})
+		ReturnPath: rp, DKIM: dkim, NodeID: nodeID(cfg), Clock: clk, Logger: log})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -361,4 +366,20 @@ func nodeID(cfg *config.Config) string {
 	}
 	host, _ := os.Hostname()
 	return host + "/" + cfg.Addr
+}
+
+// loadDKIM reads the DKIM signing key when HERALD_DKIM_KEY_FILE names one.
+func loadDKIM(cfg *config.Config) (*email.DKIM, error) {
+	if cfg.DKIMKeyFile == "" {
+		return nil, nil
+	}
+	pemBytes, err := os.ReadFile(cfg.DKIMKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("HERALD_DKIM_KEY_FILE: %w", err)
+	}
+	key, err := email.ParseDKIMKey(pemBytes)
+	if err != nil {
+		return nil, fmt.Errorf("HERALD_DKIM_KEY_FILE %s: %w", cfg.DKIMKeyFile, err)
+	}
+	return &email.DKIM{Domain: cfg.DKIMDomain, Selector: cfg.DKIMSelector, Key: key}, nil
 }

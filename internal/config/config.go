@@ -27,6 +27,13 @@ type Config struct {
 	BounceAddr string
 	// BounceDomain is the return-path domain (HERALD_BOUNCE_DOMAIN).
 	BounceDomain string
+	// DKIMKeyFile is a PEM private key (RSA or Ed25519) to sign outgoing mail with
+	// (HERALD_DKIM_KEY_FILE); empty: no DKIM signature.
+	DKIMKeyFile string
+	// DKIMDomain and DKIMSelector are the signature's d= and s= (HERALD_DKIM_DOMAIN,
+	// HERALD_DKIM_SELECTOR); the public key is published at <selector>._domainkey.<domain>.
+	DKIMDomain   string
+	DKIMSelector string
 	// LogLevel is debug, info, warn or error (HERALD_LOG_LEVEL, default info).
 	LogLevel string
 	// LogFormat is text or json (HERALD_LOG_FORMAT, default text).
@@ -43,6 +50,9 @@ func FromEnv() Config {
 		SMTPRelays:    os.Getenv("HERALD_SMTP_RELAYS"),
 		BounceAddr:    os.Getenv("HERALD_BOUNCE_ADDR"),
 		BounceDomain:  os.Getenv("HERALD_BOUNCE_DOMAIN"),
+		DKIMKeyFile:   os.Getenv("HERALD_DKIM_KEY_FILE"),
+		DKIMDomain:    os.Getenv("HERALD_DKIM_DOMAIN"),
+		DKIMSelector:  os.Getenv("HERALD_DKIM_SELECTOR"),
 		LogLevel:      env("HERALD_LOG_LEVEL", "info"),
 		LogFormat:     env("HERALD_LOG_FORMAT", "text"),
 	}
@@ -68,6 +78,9 @@ func (c *Config) Check() error {
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 	if _, err := c.Level(); err != nil {
 		return err
+	}
+	if c.DKIMKeyFile != "" && (c.DKIMDomain == "" || c.DKIMSelector == "") {
+		return fmt.Errorf("HERALD_DKIM_KEY_FILE is set, so HERALD_DKIM_DOMAIN and HERALD_DKIM_SELECTOR must be too")
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("HERALD_LOG_FORMAT %q is not text or json", c.LogFormat)
