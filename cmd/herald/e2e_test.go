@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"mime/quotedprintable"
+	"net/http"
+	"net/smtp"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel/email/smtptest"
+	"github.com/heraldhq/herald/internal/store/storetest"
+)
+
+const e2eBrowser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+// TestTrackingBouncesAndKPIsEndToEnd is issue 6's end-to-end test, on the binary and each
+// engine: a delivery sent by `herald serve` to an in-process SMTP server (one recipient refused
+// at once with 550); opens and a click made through HTTP with the links of the messages as
+// received; a DSN for another recipient fed to Herald's bounce listener over SMTP, addressed
+// to that message's return path. The KPIs must then equal the DESIGN §6 formulas worked out
+// here by hand, before and after Compute stats, and the bounced address be in quarantine.
+func TestTrackingBouncesAndKPIsEndToEnd(t *testing.T) {
+	for _, eng := range storetest.Engines() {
+		t.Run(string(eng), func(t *testing.T) {
+			dsn := storetest.DSN(t, eng)
+			mail := smtptest.Start(t, smtptest.Options{})
+			mail.Script("dan@example.com", smtptest.Always(smtptest.Action{Code: 550, Enhanced: "5.1.1", Text: "no such user"}))
+			for _, u := range [][]string{{"maker", "Prepare deliveries"}, {"starter", "Start deliveries"}, {"boss", "Administration"}} {
+				if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
+					t.Fatalf("user add: %v\n%s", err, out)
+				}
+			}
+			csv := filepath.Join(t.TempDir(), "p.csv")
+			_ = os.WriteFile(csv, []byte("email,first_name\nann@example.com,Ann\nbob@example.com,Bob\ncyd@example.com,Cyd\ndan@example.com,Dan\neve@example.com,Eve\n"), 0o600)
+			if out, err := run(t, dsn, "", "import", "profiles", csv); err != nil {
+				t.Fatalf("import: %v\n%s", err, out)
+			}
+			token := func(login string) string {
+				out, err := run(t, dsn, "", "token", "create", "--login", login)
+				if err != nil {
+					t.Fatalf("token: %v\n%s", err, out)
+				}
+				return strings.Fields(out)[0]
+			}
+			maker, starter, boss := token("maker"), token("starter"), token("boss")
+			bounceAddr := freeAddr(t)
+			s := startServer(t, dsn, "HERALD_SMTP_RELAYS=smtp://"+mail.Addr()+"?starttls=off",
+				"HERALD_BOUNCE_ADDR="+bounceAddr, "HERALD_BOUNCE_DOMAIN=bounces.herald.test")
+			defer s.stop(t)
+			api := "http://" + s.addr + "/api/v1"
+
+			if code, b := crashPost(t, api+"/audiences", maker, map[string]any{"name": "all", "filter": "id > 0"}); code != 201 {
+				t.Fatalf("audience: %d %v", code, b)
+			}
+			code, d := crashPost(t, api+"/deliveries", maker, map[string]any{"name": "Sale", "channel": "email", "audience_id": 1,
+				"content": map[string]any{"from_name": "Shop", "from_address": "news@shop.example", "subject": "Hi {{.attributes.first_name}}",
+					"html": `<html><body><p>Hi {{.attributes.first_name}}</p><a href="https://shop.example/sale">Sale</a> <a href="{{.unsubscribe_url}}">Unsubscribe</a></body></html>`}})
+			if code != 201 {
+				t.Fatalf("delivery: %d %v", code, d)
+			}
+			id := fmt.Sprint(d["id"])
+			if code, d := crashPost(t, api+"/deliveries/"+id+"/prepare", maker, nil); code != 200 || d["state"] != "ready" {
+				t.Fatalf("prepare: %d %v", code, d)
+			}
+			if code, d := crashPost(t, api+"/deliveries/"+id+"/confirm", starter, nil); code != 200 {
+				t.Fatalf("confirm: %d %v", code, d)
+			}
+			waitFor(t, "the delivery to finish", func() bool {
+				_, d := getJSON(t, api+"/deliveries/"+id, maker)
+				return d["state"] == "finished"
+			})
+
+			// The messages as received: their tracking links and return paths.
+			pixel, click, returnPath := map[string]string{}, map[string]string{}, map[string]string{}
+			linkRE := regexp.MustCompile(`http://[0-9.:]+/t/([oc])/[A-Za-z0-9_-]+`)
+			for _, m := range mail.Messages() {
+				decoded, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(m.Data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				to := m.To[0]
+				returnPath[to] = m.From
+				for _, l := range linkRE.FindAllStringSubmatch(string(decoded), -1) {
+					if l[1] == "o" {
+						pixel[to] = l[0]
+					} else if click[to] == "" {
+						click[to] = l[0]
+					}
+				}
+			}
+			if len(pixel) != 4 || len(click) != 4 {
+				t.Fatalf("tracked messages received: %d pixels, %d clicks; want 4 each (dan was refused)", len(pixel), len(click))
+			}
+			hit := func(url string, wantStatus int) {
+				req, _ := http.NewRequest("GET", url, nil)
+				req.Header.Set("User-Agent", e2eBrowser)
+				resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != wantStatus {
+					t.Fatalf("GET %s: %d, want %d", url, resp.StatusCode, wantStatus)
+				}
+				if wantStatus == http.StatusFound && resp.Header.Get("Location") != "https://shop.example/sale" {
+					t.Fatalf("click redirected to %q", resp.Header.Get("Location"))
+				}
+			}
+			hit(pixel["ann@example.com"], 200)
+			hit(click["ann@example.com"], http.StatusFound)
+			hit(pixel["bob@example.com"], 200)
+			hit(pixel["bob@example.com"], 200) // a second open of the same message counts once
+			hit(click["cyd@example.com"], http.StatusFound) // a click without the pixel still counts as an open
+
+			// Eve's server accepted the message, then bounced it.
+			dsn5 := "From: MAILER-DAEMON@mx.example.com\r\nTo: " + returnPath["eve@example.com"] + "\r\nSubject: Undelivered Mail Returned to Sender\r\n" +
+				"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n\r\n" +
+				"--b1\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n" +
+				"--b1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n" +
+				"Final-Recipient: rfc822; eve@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n" +
+				"Diagnostic-Code: smtp; 550 5.1.1 <eve@example.com>: Recipient address rejected: User unknown\r\n\r\n--b1--\r\n"
+			if err := smtp.SendMail(bounceAddr, nil, "", []string{returnPath["eve@example.com"]}, []byte(dsn5)); err != nil {
+				t.Fatalf("DSN to the bounce listener: %v", err)
+			}
+
+			// By hand (DESIGN §6): 5 to deliver; sent = 5; delivered = ann, bob, cyd = 3; bounces and
+			// errors = dan (refused) + eve (bounced) = 2, both hard; unique opens = ann, bob, cyd (a
+			// click counts as an open) = 3; unique clicks = ann, cyd = 2. Rates: delivered and bounces
+			// over sent, opens and clicks over delivered.
+			want := map[string]float64{"to_deliver": 5, "sent": 5, "delivered": 3, "bounces_errors": 2, "hard_bounces": 2, "soft_bounces": 0,
+				"opens": 3, "clicks": 2, "delivered_rate": 60, "bounce_error_rate": 40, "open_rate": 100, "click_rate": round2(200.0 / 3)}
+			check := func(when string, k map[string]any) bool {
+				for name, v := range want {
+					if got, _ := k[name].(float64); got != v {
+						if when != "" {
+							t.Errorf("%s: kpis.%s = %v, want %v", when, name, k[name], v)
+						}
+						return false
+					}
+				}
+				return true
+			}
+			waitFor(t, "the live KPIs to reach the figures worked out by hand", func() bool {
+				_, d := getJSON(t, api+"/deliveries/"+id, maker)
+				k, _ := d["kpis"].(map[string]any)
+				return check("", k)
+			})
+			code, c := crashPost(t, api+"/deliveries/"+id+"/compute-stats", maker, nil)
+			if code != 200 {
+				t.Fatalf("compute-stats: %d %v", code, c)
+			}
+			check("after Compute stats", c["kpis"].(map[string]any))
+			if code, q := getJSON(t, api+"/quarantine/email/eve@example.com", boss); code != 200 || fmt.Sprint(q["entry"].(map[string]any)["status"]) != "quarantine" {
+				t.Fatalf("eve's quarantine entry: %d %v", code, q)
+			}
+		})
+	}
+}
+
+func round2(f float64) float64 { return math.Round(f*100) / 100 }
+
+// waitFor polls cond every 50 ms for up to 30 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
