@@ -117,7 +117,7 @@ func TestTrackingBouncesAndKPIsEndToEnd(t *testing.T) {
 			hit(pixel["ann@example.com"], 200)
 			hit(click["ann@example.com"], http.StatusFound)
 			hit(pixel["bob@example.com"], 200)
-			hit(pixel["bob@example.com"], 200) // a second open of the same message counts once
+			hit(pixel["bob@example.com"], 200)              // a second open of the same message counts once
 			hit(click["cyd@example.com"], http.StatusFound) // a click without the pixel still counts as an open
 
 			// Eve's server accepted the message, then bounced it.
