@@ -139,11 +139,11 @@ func TestSendModes(t *testing.T) {
 			}
 			tr.put(tr.pools[0], c)
 
-			// Connections are reused by the next Send.
-			conns := s.Connections()
+			// Connections are reused by the next Send: the pool may still grow to its limit
+			// (the first Send can finish before opening all three), never beyond.
 			send(t, tr, testMessages(10, rcptN))
-			if s.Connections() != conns {
-				t.Errorf("second Send opened %d new connections, want 0", s.Connections()-conns)
+			if n := s.Connections(); n > 3 {
+				t.Errorf("%d connections opened for 50 messages over two Sends, want at most the pool's 3", n)
 			}
 		})
 	}
