@@ -63,7 +63,9 @@ func newFixture(t *testing.T, db *store.DB, n int, validity time.Duration) *fixt
 			}
 			f.addrs = append(f.addrs, addr)
 		}
-		return nil
+		// As preparation leaves it: to_deliver is the number of pending rows written.
+		_, err := tx.ExecContext(ctx, `UPDATE deliveries SET to_deliver = $1, targeted = $1 WHERE id = $2`, n, f.id)
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)

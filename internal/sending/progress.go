@@ -2,6 +2,8 @@ package sending
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -28,40 +30,52 @@ type Progress struct {
 	At         time.Time `json:"at"`
 }
 
-// ProgressOf computes delivery id's progress at the clock's now, with three index-served
-// queries over its sending log.
+// ProgressOf computes delivery id's progress at the clock's now. Its cost does not grow with
+// the delivery: totals come from the delivery's prepared count and its live counters (moved in
+// the transactions that change the rows), and the only rows read are those in flight, those
+// sent in the last minute and the ambiguous ones, each through an index that holds just them.
 func ProgressOf(ctx context.Context, db *store.DB, clk clock.Clock, id int64) (Progress, error) {
 	now := clk.Now()
 	p := Progress{Counts: map[string]int64{}, At: now}
-	rows, err := db.Read.QueryContext(ctx, `SELECT status, COUNT(*) FROM sending_log WHERE delivery_id = $1 GROUP BY status`, id)
-	if err != nil {
+	var delivered, failed, inFlight, recent int64
+	err := db.Read.QueryRowContext(ctx, `SELECT d.to_deliver, COALESCE(s.delivered, 0),
+		COALESCE(s.hard_bounces, 0) + COALESCE(s.soft_bounces, 0) + COALESCE(s.other_errors, 0)
+		FROM deliveries d LEFT JOIN delivery_stats s ON s.delivery_id = d.id WHERE d.id = $1`, id).Scan(&p.Total, &delivered, &failed)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return p, fmt.Errorf("progress of delivery %d: %w", id, err)
 	}
-	for rows.Next() {
-		var st string
-		var n int64
-		if err := rows.Scan(&st, &n); err != nil {
-			rows.Close()
+	statusCol := "status"
+	if db.Engine == store.SQLite {
+		statusCol = "+status"
+	}
+	queries := []struct {
+		q   string
+		dst *int64
+	}{
+		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status = 'sending'`, &inFlight},
+		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND sent_at > $2`, &recent},
+		// The unary + keeps SQLite on sending_log_ambiguous instead of the status index,
+		// which would read every sent row.
+		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND ambiguous AND ` + statusCol + ` = 'sent'`, &p.Ambiguous},
+	}
+	for i, q := range queries {
+		args := []any{id}
+		if i == 1 {
+			args = append(args, now.Add(-time.Minute).UnixMilli())
+		}
+		if err := db.Read.QueryRowContext(ctx, q.q, args...).Scan(q.dst); err != nil {
 			return p, fmt.Errorf("progress of delivery %d: %w", id, err)
 		}
-		p.Counts[st] = n
-		p.Total += n
-		if st == "sent" || st == "failed" {
-			p.Done += n
+	}
+	p.Done = delivered + failed
+	pending := max(p.Total-p.Done-inFlight, 0)
+	for st, n := range map[string]int64{"pending": pending, "sending": inFlight, "sent": delivered, "failed": failed} {
+		if n > 0 {
+			p.Counts[st] = n
 		}
 	}
-	rows.Close()
-	var recent int64
-	if err := db.Read.QueryRowContext(ctx, `SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND sent_at > $2`,
-		id, now.Add(-time.Minute).UnixMilli()).Scan(&recent); err != nil {
-		return p, fmt.Errorf("progress of delivery %d: %w", id, err)
-	}
-	if err := db.Read.QueryRowContext(ctx, `SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status = 'sent' AND ambiguous = TRUE`,
-		id).Scan(&p.Ambiguous); err != nil {
-		return p, fmt.Errorf("progress of delivery %d: %w", id, err)
-	}
 	p.Rate = math.Round(float64(recent)/60*100) / 100
-	if left := p.Counts["pending"] + p.Counts["sending"]; left > 0 && recent > 0 {
+	if left := pending + inFlight; left > 0 && recent > 0 {
 		eta := int64(math.Ceil(float64(left) / (float64(recent) / 60)))
 		p.ETASeconds = &eta
 	}
