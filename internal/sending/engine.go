@@ -302,6 +302,9 @@ func (e *Engine) watch(ctx context.Context) {
 			ids = append(ids, id)
 		}
 		e.flightMu.Unlock()
+		if len(ids) > 0 {
+			e.renewLeases(ctx)
+		}
 		for _, id := range ids {
 			var state string
 			err := e.db.Read.QueryRowContext(ctx, `SELECT state FROM deliveries WHERE id = $1`, id).Scan(&state)
@@ -318,6 +321,22 @@ func (e *Engine) watch(ctx context.Context) {
 			e.flightMu.Unlock()
 			e.log.Info("delivery no longer sending; cancelling its batches in flight", "delivery", id, "state", state)
 		}
+	}
+}
+
+// renewLeases extends the lease of this node's rows in flight once a quarter of it has gone,
+// so that a Send slower than the lease (a slow or throttling server) is not taken over by
+// another node and sent twice. A node that dies stops renewing, and its rows come back.
+func (e *Engine) renewLeases(ctx context.Context) {
+	now := e.clock.Now()
+	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE sending_log SET lease_until = $1
+			WHERE status = 'sending' AND lease_until < $2 AND lease_owner = $3`,
+			now.Add(e.cfg.Lease).UnixMilli(), now.Add(e.cfg.Lease*3/4).UnixMilli(), e.cfg.NodeID)
+		return err
+	})
+	if err != nil && ctx.Err() == nil {
+		e.log.Warn("could not renew the leases of rows in flight", "err", err)
 	}
 }
 

@@ -605,3 +605,57 @@ func TestRestartTakesBackItsOwnRowsAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// blockingSender holds every Send until released, like a very slow server.
+type blockingSender struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingSender) Send(ctx context.Context, msgs []channel.Message, out []channel.Outcome) error {
+	b.entered <- struct{}{}
+	<-b.release
+	for i := range msgs {
+		out[i] = channel.Outcome{Status: channel.Sent, Code: 250}
+	}
+	return nil
+}
+func (b *blockingSender) Close() error { return nil }
+
+// TestLeaseRenewedWhileSendIsSlow: a Send that lasts longer than the lease keeps its rows —
+// the engine renews their lease while it waits — so another node does not take them over and
+// send them again; once sent, nothing is ambiguous.
+func TestLeaseRenewedWhileSendIsSlow(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, 84*time.Hour)
+		bs := &blockingSender{entered: make(chan struct{}, 1), release: make(chan struct{})}
+		e := f.engine(t, bs, "slow", 10)
+		if err := e.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Stop()
+		var once sync.Once
+		release := func() { once.Do(func() { close(bs.release) }) }
+		defer release() // runs before Stop, which waits for the Send to return
+		<-bs.entered // the batch is in flight, with a lease of DefaultLease from now
+		other := f.engine(t, NewCaptureSender(db, f.clk), "other", 10)
+		for range 3 {
+			f.clk.Advance(DefaultLease / 2) // 1.5 leases in all: the first lease has run out
+			deadline := time.Now().Add(5 * time.Second)
+			for f.count(t, fmt.Sprintf(`status = 'sending' AND lease_until > %d`, f.clk.Now().UnixMilli()+DefaultLease.Milliseconds()/2)) != 3 {
+				if time.Now().After(deadline) {
+					t.Fatal("the lease of the rows in flight was not renewed")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if n, err := other.Step(context.Background()); err != nil || n != 0 {
+				t.Fatalf("another node took %d rows still in flight (%v)", n, err)
+			}
+		}
+		release()
+		waitFor(t, 5*time.Second, func() bool { return f.state(t) == delivery.Finished })
+		if n := f.count(t, `ambiguous`); n != 0 {
+			t.Fatalf("%d rows ambiguous after a slow but live send", n)
+		}
+	})
+}
