@@ -637,7 +637,7 @@ func TestLeaseRenewedWhileSendIsSlow(t *testing.T) {
 		var once sync.Once
 		release := func() { once.Do(func() { close(bs.release) }) }
 		defer release() // runs before Stop, which waits for the Send to return
-		<-bs.entered // the batch is in flight, with a lease of DefaultLease from now
+		<-bs.entered    // the batch is in flight, with a lease of DefaultLease from now
 		other := f.engine(t, NewCaptureSender(db, f.clk), "other", 10)
 		for range 3 {
 			f.clk.Advance(DefaultLease / 2) // 1.5 leases in all: the first lease has run out
