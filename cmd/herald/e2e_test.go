@@ -79,8 +79,9 @@ func TestTrackingBouncesAndKPIsEndToEnd(t *testing.T) {
 			})
 
 			// The messages as received: their tracking links and return paths.
-			pixel, click, returnPath := map[string]string{}, map[string]string{}, map[string]string{}
+			pixel, click, returnPath, unsubscribe := map[string]string{}, map[string]string{}, map[string]string{}, map[string]string{}
 			linkRE := regexp.MustCompile(`http://[0-9.:]+/t/([oc])/[A-Za-z0-9_-]+`)
+			mailtoRE := regexp.MustCompile(`mailto:(u\+[^>\s]+)`)
 			for _, m := range mail.Messages() {
 				decoded, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(m.Data)))
 				if err != nil {
@@ -88,6 +89,9 @@ func TestTrackingBouncesAndKPIsEndToEnd(t *testing.T) {
 				}
 				to := m.To[0]
 				returnPath[to] = m.From
+				if u := mailtoRE.FindStringSubmatch(string(decoded)); u != nil {
+					unsubscribe[to] = u[1]
+				}
 				for _, l := range linkRE.FindAllStringSubmatch(string(decoded), -1) {
 					if l[1] == "o" {
 						pixel[to] = l[0]
@@ -131,12 +135,21 @@ func TestTrackingBouncesAndKPIsEndToEnd(t *testing.T) {
 				t.Fatalf("DSN to the bounce listener: %v", err)
 			}
 
+			// Bob unsubscribes with his mail client: a message to the List-Unsubscribe mailto address.
+			if unsubscribe["bob@example.com"] == "" {
+				t.Fatal("bob's message has no List-Unsubscribe mailto address")
+			}
+			if err := smtp.SendMail(bounceAddr, nil, "bob@example.com", []string{unsubscribe["bob@example.com"]},
+				[]byte("From: bob@example.com\r\nSubject: unsubscribe\r\n\r\nunsubscribe\r\n")); err != nil {
+				t.Fatalf("unsubscribe by mail: %v", err)
+			}
+
 			// By hand (DESIGN §6): 5 to deliver; sent = 5; delivered = ann, bob, cyd = 3; bounces and
 			// errors = dan (refused) + eve (bounced) = 2, both hard; unique opens = ann, bob, cyd (a
 			// click counts as an open) = 3; unique clicks = ann, cyd = 2. Rates: delivered and bounces
-			// over sent, opens and clicks over delivered.
+			// over sent, opens and clicks over delivered. Opt-outs: bob = 1.
 			want := map[string]float64{"to_deliver": 5, "sent": 5, "delivered": 3, "bounces_errors": 2, "hard_bounces": 2, "soft_bounces": 0,
-				"opens": 3, "clicks": 2, "delivered_rate": 60, "bounce_error_rate": 40, "open_rate": 100, "click_rate": round2(200.0 / 3)}
+				"opens": 3, "clicks": 2, "optouts": 1, "delivered_rate": 60, "bounce_error_rate": 40, "open_rate": 100, "click_rate": round2(200.0 / 3)}
 			check := func(when string, k map[string]any) bool {
 				for name, v := range want {
 					if got, _ := k[name].(float64); got != v {
@@ -158,6 +171,9 @@ func TestTrackingBouncesAndKPIsEndToEnd(t *testing.T) {
 				t.Fatalf("compute-stats: %d %v", code, c)
 			}
 			check("after Compute stats", c["kpis"].(map[string]any))
+			if code, p := getJSON(t, api+"/profiles/2", maker); code != 200 || p["email"] != "bob@example.com" || p["opt_out_email"] != true {
+				t.Fatalf("bob after unsubscribing by mail: %d %v", code, p)
+			}
 			if code, q := getJSON(t, api+"/quarantine/email/eve@example.com", boss); code != 200 || fmt.Sprint(q["entry"].(map[string]any)["status"]) != "quarantine" {
 				t.Fatalf("eve's quarantine entry: %d %v", code, q)
 			}

@@ -83,14 +83,19 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	} else if n > 0 {
 		log.Warn("preparations interrupted by a stop were marked prepare_failed", "deliveries", n)
 	}
-	trackingHandlers, recorder, links, err := startTracking(ctx, db, cfg, profileSvc, log)
+	trackingHandlers, recorder, links, sink, err := startTracking(ctx, db, cfg, profileSvc, log)
 	if err != nil {
 		return err
 	}
 	statsSvc := stats.NewService(db, clk, log)
 	go statsSvc.RunReconcile(ctx, time.Hour)
 
-	bounceHooks, bounceListener, err := startBounces(ctx, db, cfg, clk, quarantineSvc, log)
+	// Mail to a List-Unsubscribe address is written as the same opt-out as a one-click one.
+	optOut := func(ctx context.Context, logID, deliveryID int64) error {
+		return sink.WriteHits(ctx, []tracking.Hit{{Ref: tracking.Ref{LogID: logID, DeliveryID: deliveryID, Link: tracking.NoLink, Kind: tracking.KindOptOut},
+			Kind: tracking.KindOptOut, At: clk.Now(), UserAgent: "mail to the List-Unsubscribe address"}})
+	}
+	bounceHooks, bounceListener, err := startBounces(ctx, db, cfg, clk, quarantineSvc, optOut, log)
 	if err != nil {
 		return err
 	}
@@ -230,25 +235,25 @@ func runScheduler(ctx context.Context, svc *delivery.Service, clk clock.Clock, l
 
 // startTracking builds the /t/ endpoints: the signing key (made once, shared by every node
 // through the settings table), click targets, the hit queue and its database writer.
-func startTracking(ctx context.Context, db *store.DB, cfg *config.Config, profiles *profile.Service, log *slog.Logger) (*tracking.Handlers, *tracking.Recorder, *tracking.Links, error) {
+func startTracking(ctx context.Context, db *store.DB, cfg *config.Config, profiles *profile.Service, log *slog.Logger) (*tracking.Handlers, *tracking.Recorder, *tracking.Links, *tracking.SQLSink, error) {
 	key, err := tracking.LoadOrCreateKey(ctx, db)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	signer, err := tracking.NewSigner(key)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	links, err := tracking.NewLinks(cfg.PublicURL, signer)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	targets := tracking.NewTargets(tracking.NewSQLTargets(db, 0), tracking.TargetsOptions{Fallback: cfg.PublicURL})
 	sink := tracking.NewSQLSink(db, tracking.NewClassifier(tracking.ClassifierOptions{}))
 	rec := tracking.NewRecorder(sink, tracking.RecorderOptions{Log: log})
 	h := tracking.NewHandlers(tracking.HandlersOptions{Signer: signer, Targets: targets, Recorder: rec, Sink: sink,
 		Mirror: tracking.NewMirrorPages(db, profiles, links, targets), Log: log})
-	return h, rec, links, nil
+	return h, rec, links, sink, nil
 }
 
 // startEngine starts the sending engine: over the relays of HERALD_SMTP_RELAYS, or in capture
@@ -311,7 +316,7 @@ func messageIDDomain(cfg *config.Config) string {
 // until its Shutdown. HERALD_BOUNCE_SNS_TOPICS (comma-separated ARNs) names the SNS topics whose
 // Amazon SES notifications are accepted.
 func startBounces(ctx context.Context, db *store.DB, cfg *config.Config, clk clock.Clock, q *quarantine.Service,
-	log *slog.Logger) (*web.BounceWebhooks, *bounce.Listener, error) {
+	optOut func(ctx context.Context, logID, deliveryID int64) error, log *slog.Logger) (*web.BounceWebhooks, *bounce.Listener, error) {
 	if cfg.BounceAddr != "" && cfg.BounceDomain == "" {
 		return nil, nil, errors.New("HERALD_BOUNCE_ADDR is set but HERALD_BOUNCE_DOMAIN is not: the bounce listener needs the return-path domain it accepts mail for")
 	}
@@ -325,7 +330,7 @@ func startBounces(ctx context.Context, db *store.DB, cfg *config.Config, clk clo
 			return nil, nil, fmt.Errorf("HERALD_BOUNCE_DOMAIN: %w", err)
 		}
 	}
-	applier, err := sending.NewBounceApplier(sending.BounceConfig{DB: db, Quarantine: q, ReturnPath: rp, Clock: clk, Logger: log})
+	applier, err := sending.NewBounceApplier(sending.BounceConfig{DB: db, Quarantine: q, ReturnPath: rp, OptOut: optOut, Clock: clk, Logger: log})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -39,8 +39,13 @@ type BounceConfig struct {
 	// ReturnPath reads the per-recipient return paths and Message-IDs the engine sends with;
 	// nil matches bounces by recipient address only.
 	ReturnPath *ReturnPath
-	Clock      clock.Clock
-	Logger     *slog.Logger
+	// OptOut, when set, records an opt-out for a sending-log row: mail to a message's
+	// List-Unsubscribe address (u+<row>.<tag>@domain) is one, whatever it says. It is the
+	// tracking writer's opt-out, so the profile, the counters and the webhooks move as for a
+	// one-click unsubscribe.
+	OptOut func(ctx context.Context, logID, deliveryID int64) error
+	Clock  clock.Clock
+	Logger *slog.Logger
 }
 
 // BounceApplier applies asynchronous bounces and complaints — DSNs and ARF reports from the
@@ -73,11 +78,12 @@ type BounceConfig struct {
 // bounce domain can fail the latest row of an address sent to within the window. Reports that
 // carry a signed return path or Message-ID are not forgeable this way.
 type BounceApplier struct {
-	db    *store.DB
-	quar  *quarantine.Service
-	rp    *ReturnPath
-	clock clock.Clock
-	log   *slog.Logger
+	db     *store.DB
+	quar   *quarantine.Service
+	rp     *ReturnPath
+	optOut func(ctx context.Context, logID, deliveryID int64) error
+	clock  clock.Clock
+	log    *slog.Logger
 }
 
 var _ bounce.Receiver = (*BounceApplier)(nil)
@@ -93,7 +99,7 @@ func NewBounceApplier(cfg BounceConfig) (*BounceApplier, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &BounceApplier{db: cfg.DB, quar: cfg.Quarantine, rp: cfg.ReturnPath, clock: cfg.Clock, log: cfg.Logger}, nil
+	return &BounceApplier{db: cfg.DB, quar: cfg.Quarantine, rp: cfg.ReturnPath, optOut: cfg.OptOut, clock: cfg.Clock, log: cfg.Logger}, nil
 }
 
 // MessageID returns the Message-ID (without angle brackets) of sending-log row logID, at
@@ -163,6 +169,9 @@ func actionOf(kind bounce.Kind, r bounce.Result) action {
 // It fails only when the database does, or with ErrBounceTooEarly, so that the sender of the
 // report keeps it and tries again.
 func (a *BounceApplier) Receive(ctx context.Context, envelopeTo []string, rep *bounce.Report) error {
+	if handled, err := a.unsubscribe(ctx, envelopeTo); handled || err != nil {
+		return err
+	}
 	type todo struct {
 		r   bounce.Result
 		act action
@@ -418,4 +427,37 @@ func execCount(res sql.Result, err error) (int64, error) {
 		return 0, err
 	}
 	return res.RowsAffected()
+}
+
+// unsubscribe treats mail to a List-Unsubscribe address as the recipient's opt-out, and
+// reports whether the mail was one. A forged address is accepted and ignored.
+func (a *BounceApplier) unsubscribe(ctx context.Context, envelopeTo []string) (bool, error) {
+	if a.rp == nil || a.optOut == nil {
+		return false, nil
+	}
+	for _, to := range envelopeTo {
+		if !strings.HasPrefix(strings.ToLower(to), "u+") {
+			continue
+		}
+		id, kind, ok := a.rp.Parse(to)
+		if !ok || kind != 'u' {
+			a.log.Warn("unsubscribe mail dropped: its address has a forged or damaged tag", "to", to)
+			return true, nil
+		}
+		var delivery int64
+		err := a.db.Read.QueryRowContext(ctx, `SELECT delivery_id FROM sending_log WHERE id = $1`, id).Scan(&delivery)
+		if errors.Is(err, sql.ErrNoRows) {
+			a.log.Info("unsubscribe mail for a sending-log row that no longer exists; dropped", "log_id", id)
+			return true, nil
+		}
+		if err != nil {
+			return true, fmt.Errorf("unsubscribe by mail: %w", err)
+		}
+		if err := a.optOut(ctx, id, delivery); err != nil {
+			return true, fmt.Errorf("unsubscribe by mail: %w", err)
+		}
+		a.log.Info("unsubscribed by mail", "log_id", id, "delivery", delivery)
+		return true, nil
+	}
+	return false, nil
 }

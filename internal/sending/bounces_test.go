@@ -336,3 +336,39 @@ func TestMessageIDRefusesForgeries(t *testing.T) {
 		}
 	}
 }
+
+// TestMailToTheUnsubscribeAddressOptsOut: mail to a message's List-Unsubscribe address is an
+// opt-out for its row, whatever it says; a forged address is dropped.
+func TestMailToTheUnsubscribeAddressOptsOut(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 2, 84*time.Hour)
+		rp, err := NewReturnPath("bounce.example", []byte("return path secret!"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got [][2]int64
+		a, err := NewBounceApplier(BounceConfig{DB: db, Quarantine: f.quar, ReturnPath: rp, Clock: f.clk,
+			OptOut: func(_ context.Context, logID, deliveryID int64) error {
+				got = append(got, [2]int64{logID, deliveryID})
+				return nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logID int64
+		if err := db.Read.QueryRow(`SELECT id FROM sending_log WHERE address = $1`, f.addrs[1]).Scan(&logID); err != nil {
+			t.Fatal(err)
+		}
+		plain := &bounce.Report{Kind: bounce.KindUnknown}
+		if err := a.Receive(context.Background(), []string{rp.Unsubscribe(logID)}, plain); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0] != [2]int64{logID, f.id} {
+			t.Fatalf("opt-outs recorded: %v, want row %d of delivery %d", got, logID, f.id)
+		}
+		forged := strings.Replace(rp.Unsubscribe(logID), strconv.FormatInt(logID, 10), strconv.FormatInt(logID+1, 10), 1)
+		if err := a.Receive(context.Background(), []string{forged}, plain); err != nil || len(got) != 1 {
+			t.Fatalf("a forged unsubscribe address opted out: %v %v", got, err)
+		}
+	})
+}
