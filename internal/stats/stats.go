@@ -23,6 +23,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/internal/clock"
@@ -126,43 +128,46 @@ func Apply(ctx context.Context, tx *sql.Tx, deliveryID int64, at time.Time, c Co
 	if c.IsZero() {
 		return nil
 	}
-	now := at.UnixMilli()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO delivery_stats (delivery_id, sent, delivered, hard_bounces,
-		soft_bounces, other_errors, opens, opens_human, clicks, optouts, mirror, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-		ON CONFLICT (delivery_id) DO UPDATE SET sent = delivery_stats.sent + excluded.sent,
-		delivered = delivery_stats.delivered + excluded.delivered,
-		hard_bounces = delivery_stats.hard_bounces + excluded.hard_bounces,
-		soft_bounces = delivery_stats.soft_bounces + excluded.soft_bounces,
-		other_errors = delivery_stats.other_errors + excluded.other_errors,
-		opens = delivery_stats.opens + excluded.opens,
-		opens_human = delivery_stats.opens_human + excluded.opens_human,
-		clicks = delivery_stats.clicks + excluded.clicks,
-		optouts = delivery_stats.optouts + excluded.optouts,
-		mirror = delivery_stats.mirror + excluded.mirror,
-		updated_at = excluded.updated_at`,
-		deliveryID, c.Sent(), c.Delivered, c.HardBounces, c.SoftBounces, c.OtherErrors,
-		c.Opens, c.OpensHuman, c.Clicks, c.OptOuts, c.Mirror, now); err != nil {
+	vals := []any{c.Sent(), c.Delivered, c.HardBounces, c.SoftBounces, c.OtherErrors, c.Opens, c.OpensHuman, c.Clicks, c.OptOuts, c.Mirror}
+	if _, err := tx.ExecContext(ctx, addStatsSQL,
+		append(append([]any{deliveryID}, vals...), at.UnixMilli())...); err != nil {
 		return fmt.Errorf("move the counters of delivery %d: %w", deliveryID, err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO delivery_stats_hourly (delivery_id, hour, sent, delivered,
-		hard_bounces, soft_bounces, other_errors, opens, opens_human, clicks, optouts, mirror)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-		ON CONFLICT (delivery_id, hour) DO UPDATE SET sent = delivery_stats_hourly.sent + excluded.sent,
-		delivered = delivery_stats_hourly.delivered + excluded.delivered,
-		hard_bounces = delivery_stats_hourly.hard_bounces + excluded.hard_bounces,
-		soft_bounces = delivery_stats_hourly.soft_bounces + excluded.soft_bounces,
-		other_errors = delivery_stats_hourly.other_errors + excluded.other_errors,
-		opens = delivery_stats_hourly.opens + excluded.opens,
-		opens_human = delivery_stats_hourly.opens_human + excluded.opens_human,
-		clicks = delivery_stats_hourly.clicks + excluded.clicks,
-		optouts = delivery_stats_hourly.optouts + excluded.optouts,
-		mirror = delivery_stats_hourly.mirror + excluded.mirror`,
-		deliveryID, Hour(at), c.Sent(), c.Delivered, c.HardBounces, c.SoftBounces, c.OtherErrors,
-		c.Opens, c.OpensHuman, c.Clicks, c.OptOuts, c.Mirror); err != nil {
+	if _, err := tx.ExecContext(ctx, addHourlySQL,
+		append(append([]any{deliveryID}, vals...), Hour(at))...); err != nil {
 		return fmt.Errorf("move the hourly counters of delivery %d: %w", deliveryID, err)
 	}
 	return nil
+}
+
+// counterColumns are the counters of delivery_stats and delivery_stats_hourly, in the order
+// Apply binds them.
+var counterColumns = []string{"sent", "delivered", "hard_bounces", "soft_bounces", "other_errors",
+	"opens", "opens_human", "clicks", "optouts", "mirror"}
+
+// The upserts Apply runs, built once.
+var (
+	addStatsSQL  = addCountersSQL("delivery_stats", "updated_at", "delivery_id")
+	addHourlySQL = addCountersSQL("delivery_stats_hourly", "hour", "delivery_id, hour")
+)
+
+// addCountersSQL is the upsert that adds the counters to table's row: parameters are
+// delivery_id, the counters, then extra (updated_at, which replaces, or hour, part of the key).
+func addCountersSQL(table, extra, key string) string {
+	cols := "delivery_id, " + strings.Join(counterColumns, ", ") + ", " + extra
+	params := make([]string, len(counterColumns)+2)
+	for i := range params {
+		params[i] = "$" + strconv.Itoa(i+1)
+	}
+	sets := make([]string, 0, len(counterColumns)+1)
+	for _, c := range counterColumns {
+		sets = append(sets, c+" = "+table+"."+c+" + excluded."+c)
+	}
+	if extra == "updated_at" {
+		sets = append(sets, "updated_at = excluded.updated_at")
+	}
+	return "INSERT INTO " + table + " (" + cols + ") VALUES (" + strings.Join(params, ", ") + ")" +
+		" ON CONFLICT (" + key + ") DO UPDATE SET " + strings.Join(sets, ", ")
 }
 
 // KPIs are a delivery's figures as the API shows them (DESIGN.md §9, the kpis object). Rates are
