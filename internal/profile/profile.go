@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/internal/clock"
@@ -272,7 +273,7 @@ func scanProfile(row interface{ Scan(...any) error }) (Profile, error) {
 	if err := json.Unmarshal([]byte(tokens), &p.PushTokens); err != nil {
 		return Profile{}, fmt.Errorf("profile %d: push tokens: %w", p.ID, err)
 	}
-	dec := json.NewDecoder(bytesReader(attrs))
+	dec := json.NewDecoder(strings.NewReader(attrs))
 	dec.UseNumber()
 	if err := dec.Decode(&p.Attributes); err != nil {
 		return Profile{}, fmt.Errorf("profile %d: attributes: %w", p.ID, err)

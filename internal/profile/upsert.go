@@ -227,13 +227,12 @@ func inQuery(eng store.Engine, prefix string, vals []string) (string, []any) {
 	return prefix + `(SELECT unnest($1::text[]))`, []any{vals}
 }
 
-// insertColumns are written for a new profile, in insertValues' order.
+// insertColumns are written for a new profile, in slotValues' order.
 var insertColumns = []string{"email", "email_key", "email_domain", "phone", "push_tokens", "time_zone", "locale",
 	"external_id", "attributes", "opt_out_email", "opt_out_sms", "opt_out_push", "created_at", "updated_at"}
 
-func insertValues(p *Profile) []any { return slotValues(&slot{p: *p}) }
-
-// slotValues is insertValues for a slot, reusing its encoded attributes when it has them.
+// slotValues returns the values of insertColumns for a slot's profile, reusing its encoded
+// attributes when it has them.
 func slotValues(s *slot) []any {
 	p := &s.p
 	attrs := s.attrsJSON
@@ -275,7 +274,7 @@ func write(ctx context.Context, db *store.DB, conn *sql.Conn, tx *sql.Tx, r *bat
 		}
 		defer stmt.Close()
 		for _, s := range r.updated {
-			v := insertValues(&s.p)
+			v := slotValues(s)
 			if _, err := stmt.ExecContext(ctx, append(append(v[:12:12], v[13]), s.p.ID)...); err != nil {
 				return fmt.Errorf("update profile %d: %w", s.p.ID, err)
 			}
