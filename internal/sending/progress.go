@@ -44,19 +44,15 @@ func ProgressOf(ctx context.Context, db *store.DB, clk clock.Clock, id int64) (P
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return p, fmt.Errorf("progress of delivery %d: %w", id, err)
 	}
-	statusCol := "status"
-	if db.Engine == store.SQLite {
-		statusCol = "+status"
-	}
 	queries := []struct {
 		q   string
 		dst *int64
 	}{
 		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status = 'sending'`, &inFlight},
 		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND sent_at > $2`, &recent},
-		// The unary + keeps SQLite on sending_log_ambiguous instead of the status index,
-		// which would read every sent row.
-		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND ambiguous AND ` + statusCol + ` = 'sent'`, &p.Ambiguous},
+		// noIndex keeps SQLite on sending_log_ambiguous instead of the status index, which
+		// would read every sent row.
+		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND ambiguous AND ` + queriesFor(db.Engine).noIndex("status") + ` = 'sent'`, &p.Ambiguous},
 	}
 	for i, q := range queries {
 		args := []any{id}
