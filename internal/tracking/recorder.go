@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -189,15 +188,13 @@ func (r *Recorder) recycle(c []Hit) {
 	r.mu.Unlock()
 }
 
-// run is the writer goroutine. It runs on its own OS thread at a lower scheduling priority
-// (where the system allows it), so that on a busy machine the HTTP handlers answering pixels
-// and clicks get the CPU first and writing events only takes what is left: the writes are
-// batched and can wait, a visitor cannot.
+// run is the writer goroutine. It runs with a P of its own (addWriterProc), so that on a busy
+// machine writing a batch of events never leaves the HTTP handlers answering pixels and clicks
+// fewer Ps than there are CPUs: the writes are batched and can wait, a visitor cannot.
 func (r *Recorder) run() {
 	defer close(r.done)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	lowerThreadPriority()
+	addWriterProc()
+	defer releaseWriterProc()
 	tick := time.NewTicker(r.opts.FlushInterval)
 	defer tick.Stop()
 	for {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -261,5 +262,25 @@ func BenchmarkRecord(b *testing.B) {
 	b.StopTimer()
 	if st := r.Stats(); st.Dropped > 0 {
 		b.Logf("dropped %d of %d", st.Dropped, st.Queued+st.Dropped)
+	}
+}
+
+// The writer runs with a P of its own while the Recorder lives, so that a long batch never
+// leaves the handlers fewer Ps than CPUs; Close gives it back.
+func TestRecorderHoldsAnExtraP(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	r := NewRecorder(&memSink{}, RecorderOptions{})
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.GOMAXPROCS(0) != before+1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := runtime.GOMAXPROCS(0); got != before+1 {
+		t.Fatalf("GOMAXPROCS while the recorder runs = %d, want %d", got, before+1)
+	}
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Fatalf("GOMAXPROCS after Close = %d, want %d", got, before)
 	}
 }

@@ -49,6 +49,10 @@ type logRow struct {
 	delivery, profile int64
 	sentAt            int64
 	channel           string
+	// set says which first-event columns were already set when the batch read the row: a
+	// repeated open or click (most hits, once a campaign is a few hours old) then costs no
+	// UPDATE. The UPDATEs keep their IS NULL condition for nodes writing side by side.
+	set [firstKinds]bool
 }
 
 // firstKind names the sending-log columns set by a row's first event of a sort.
@@ -89,6 +93,9 @@ func (s *SQLSink) WriteHits(ctx context.Context, hits []Hit) error {
 			firsts[i] = map[int64]int64{}
 		}
 		note := func(k firstKind, id, at int64) {
+			if rows[id].set[k] {
+				return
+			}
 			if t, ok := firsts[k][id]; !ok || at < t {
 				firsts[k][id] = at
 			}
@@ -199,7 +206,9 @@ var eventType = map[Kind]string{KindOpen: webhook.Opened, KindClick: webhook.Cli
 
 // lookup reads the sending-log rows of ids, with their delivery's channel.
 func (s *SQLSink) lookup(ctx context.Context, tx *sql.Tx, ids []int64) (map[int64]logRow, error) {
-	q := `SELECT s.id, s.delivery_id, s.profile_id, COALESCE(s.sent_at, 0), d.channel
+	q := `SELECT s.id, s.delivery_id, s.profile_id, COALESCE(s.sent_at, 0), d.channel,
+		s.first_open_at IS NOT NULL, s.first_human_open_at IS NOT NULL, s.first_click_at IS NOT NULL,
+		s.first_mirror_at IS NOT NULL, s.optout_at IS NOT NULL
 		FROM sending_log s JOIN deliveries d ON d.id = s.delivery_id WHERE s.id IN `
 	var arg any
 	if s.db.Engine == store.SQLite {
@@ -218,7 +227,8 @@ func (s *SQLSink) lookup(ctx context.Context, tx *sql.Tx, ids []int64) (map[int6
 	for rs.Next() {
 		var id int64
 		var r logRow
-		if err := rs.Scan(&id, &r.delivery, &r.profile, &r.sentAt, &r.channel); err != nil {
+		if err := rs.Scan(&id, &r.delivery, &r.profile, &r.sentAt, &r.channel,
+			&r.set[firstOpen], &r.set[firstHumanOpen], &r.set[firstClick], &r.set[firstMirror], &r.set[firstOptOut]); err != nil {
 			return nil, fmt.Errorf("tracking: read the sending log: %w", err)
 		}
 		out[id] = r
@@ -392,9 +402,13 @@ func (b *eventBatch) add(delivery, log int64, kind string, link, at int64, ua st
 func (b *eventBatch) insert(ctx context.Context, tx *sql.Tx) error {
 	var err error
 	if b.eng == store.SQLite {
-		_, err = tx.ExecContext(ctx, `INSERT INTO tracking_events (delivery_id, log_id, kind, link, at, user_agent, machine, why)
-			SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
-			FROM json_each($1)`, string(append(b.json, ']')))
+		// Each row becomes JSONB once, so its eight fields are read from the binary form rather
+		// than the row's text being parsed for each; the pins keep page splits of the four
+		// indexes from mapping memory (store.AllocatorPins).
+		pins, args := store.AllocatorPins(b.eng, 2)
+		_, err = tx.ExecContext(ctx, `WITH r AS MATERIALIZED (SELECT jsonb(value) AS v FROM json_each($1))
+			INSERT INTO tracking_events (delivery_id, log_id, kind, link, at, user_agent, machine, why)
+			SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6, v->>7 FROM r WHERE TRUE`+pins, append([]any{string(append(b.json, ']'))}, args...)...)
 	} else {
 		_, err = tx.ExecContext(ctx, `INSERT INTO tracking_events (delivery_id, log_id, kind, link, at, user_agent, machine, why)
 			SELECT d, l, k, NULLIF(li, -1), a, u, m, w

@@ -327,3 +327,41 @@ func TestSaveLinks(t *testing.T) {
 		}
 	})
 }
+
+// A row's later hits, in later batches, add events but move no first-event time and no
+// unique counter: the batch skips columns its lookup found set, and the rest stay guarded.
+func TestSinkCountsFirstsOnceAcrossBatches(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db)
+		ctx := context.Background()
+		hit := func(kind tracking.Kind, link uint16, at time.Time) tracking.Hit {
+			return tracking.Hit{Ref: tracking.Ref{LogID: f.rows[0], DeliveryID: f.delivery, Kind: kind, Link: link}, At: at, UserAgent: browser}
+		}
+		t1, t2 := t0.Add(time.Hour), t0.Add(2*time.Hour)
+		if err := f.sink.WriteHits(ctx, []tracking.Hit{hit(tracking.KindOpen, tracking.NoLink, t0)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.sink.WriteHits(ctx, []tracking.Hit{hit(tracking.KindOpen, tracking.NoLink, t1), hit(tracking.KindClick, 0, t1)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.sink.WriteHits(ctx, []tracking.Hit{hit(tracking.KindClick, 0, t2), hit(tracking.KindOpen, tracking.NoLink, t2)}); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.int(t, `SELECT first_open_at FROM sending_log WHERE id = $1`, f.rows[0]); got != clock.Millis(t0) {
+			t.Errorf("first open %d, want t0 %d", got, clock.Millis(t0))
+		}
+		if got := f.int(t, `SELECT first_click_at FROM sending_log WHERE id = $1`, f.rows[0]); got != clock.Millis(t1) {
+			t.Errorf("first click %d, want t1 %d", got, clock.Millis(t1))
+		}
+		if n := f.int(t, `SELECT COUNT(*) FROM tracking_events`); n != 5 {
+			t.Errorf("events %d, want 5", n)
+		}
+		live, err := f.stats.Read(ctx, f.delivery)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if live.Opens != 1 || live.OpensHuman != 1 || live.Clicks != 1 {
+			t.Errorf("live opens %d, human %d, clicks %d; want 1, 1, 1", live.Opens, live.OpensHuman, live.Clicks)
+		}
+	})
+}

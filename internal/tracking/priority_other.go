@@ -1,6 +1,0 @@
-//go:build !linux
-
-package tracking
-
-// lowerThreadPriority does nothing where threads cannot be given their own priority.
-func lowerThreadPriority() {}
