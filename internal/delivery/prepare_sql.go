@@ -12,8 +12,9 @@ import (
 // transaction only.
 const prepTable = "prep_target"
 
-// sqliteCreatePrepTable makes the working table in SQLite's temp schema (in memory, as the
-// store sets temp_store): rolled back with the transaction, dropped at its end.
+// sqliteCreatePrepTable makes the working table in SQLite's temp schema (a temporary file
+// behind the temp schema's page cache, as the store sets temp_store, so that a million rows do
+// not stay in the process's memory): rolled back with the transaction, dropped at its end.
 var sqliteCreatePrepTable = []string{
 	`DROP TABLE IF EXISTS temp.prep_target`,
 	`CREATE TEMP TABLE prep_target (profile_id INTEGER PRIMARY KEY, address TEXT, code INTEGER)`,
