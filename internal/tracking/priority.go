@@ -12,7 +12,7 @@ var writerProcs sync.Mutex
 // it. Go code holds a P for as long as it runs: a writer busy with a large batch of SQLite
 // writes would otherwise leave the HTTP handlers one P fewer than there are CPUs, and on a
 // 2-core machine their tail latency under load doubles (issue 6: p99 2.5× a bare handler's,
-// 1.0–1.4× with the extra P). With it the handlers keep a P per CPU and the kernel shares the
+// 1.1–1.4× in most runs with the extra P). With it the handlers keep a P per CPU and the kernel shares the
 // CPUs between their threads and the writer's.
 //
 // The writer's thread is deliberately not given a lower priority: Go's runtime assumes its
