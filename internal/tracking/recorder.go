@@ -116,6 +116,7 @@ func NewRecorder(sink Sink, opts RecorderOptions) *Recorder {
 		wake: make(chan struct{}, 1), closing: make(chan struct{}), done: make(chan struct{}),
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	addWriterProc() // given back when run ends
 	go r.run()
 	return r
 }
@@ -188,12 +189,12 @@ func (r *Recorder) recycle(c []Hit) {
 	r.mu.Unlock()
 }
 
-// run is the writer goroutine. It runs with a P of its own (addWriterProc), so that on a busy
-// machine writing a batch of events never leaves the HTTP handlers answering pixels and clicks
-// fewer Ps than there are CPUs: the writes are batched and can wait, a visitor cannot.
+// run is the writer goroutine. It runs with a P of its own (addWriterProc, called by
+// NewRecorder), so that on a busy machine writing a batch of events never leaves the HTTP
+// handlers answering pixels and clicks fewer Ps than there are CPUs: the writes are batched and
+// can wait, a visitor cannot.
 func (r *Recorder) run() {
 	defer close(r.done)
-	addWriterProc()
 	defer releaseWriterProc()
 	tick := time.NewTicker(r.opts.FlushInterval)
 	defer tick.Stop()

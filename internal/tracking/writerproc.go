@@ -5,7 +5,7 @@ import (
 	"sync"
 )
 
-// writerProcs serialises the changes of GOMAXPROCS made for event writers.
+// writerProcs serialises the changes of GOMAXPROCS made for event writers (Recorder.run).
 var writerProcs sync.Mutex
 
 // addWriterProc raises GOMAXPROCS by one while an event writer runs; releaseWriterProc undoes
