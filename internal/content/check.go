@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"math"
 	"slices"
 	"strings"
@@ -272,11 +271,11 @@ func (r *Renderer) Check(rc *Recipient) error {
 	}
 	r.fill(rc)
 	max := r.tpl.opts.MaxPartSize
-	if err := r.check(partSubject, r.subject, &countWriter{max: max, part: partSubject}); err != nil {
+	if err := r.check(partSubject, r.tpl.subjectPlan, r.subject, &countWriter{max: max, part: partSubject}); err != nil {
 		return err
 	}
 	if r.html != nil {
-		if err := r.exec(partHTML, r.html, &r.raw); err != nil {
+		if err := r.exec(partHTML, r.tpl.htmlPlan, r.html, &r.raw); err != nil {
 			return err
 		}
 		if r.finishedSize(r.raw.Bytes()) > max {
@@ -284,12 +283,18 @@ func (r *Renderer) Check(rc *Recipient) error {
 		}
 	}
 	if r.text != nil {
-		return r.check(partText, r.text, &countWriter{max: max, part: partText})
+		return r.check(partText, r.tpl.textPlan, r.text, &countWriter{max: max, part: partText})
 	}
 	return nil
 }
 
-func (r *Renderer) check(part string, t executor, w io.Writer) error {
+func (r *Renderer) check(part string, p plan, t executor, w *countWriter) error {
+	if p != nil && !r.noPlans {
+		r.subj.Reset()
+		if p.exec(&r.subj, r.root, &r.scratch) && r.subj.Len() <= w.max {
+			return nil
+		}
+	}
 	r.b.steps = 0
 	if err := t.Execute(w, r.root); err != nil {
 		return renderError(part, err)

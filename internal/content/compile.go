@@ -61,6 +61,8 @@ type Template struct {
 	comments []string // kept conditional comments, restored at render
 	ranges   []rangeInfo
 	usesURL  map[string]bool // root fields referenced anywhere, e.g. "unsubscribe_url"
+	// The parts' plans (see plan), nil for a part that has none.
+	subjectPlan, htmlPlan, textPlan plan
 }
 
 // Content returns the content the template was compiled from.
@@ -155,6 +157,11 @@ func Compile(c Content, opts Options) (*Template, error) {
 		if errors.As(err, &he) {
 			return nil, escapeError(he)
 		}
+		t.htmlPlan = makePlan(r.html.Tree.Root) // the escaped tree
+	}
+	t.subjectPlan = makePlan(t.subject.Tree.Root)
+	if t.text != nil {
+		t.textPlan = makePlan(t.text.Tree.Root)
 	}
 	return t, nil
 }

@@ -113,6 +113,8 @@ type Renderer struct {
 	txt     bytes.Buffer
 	conv    textConverter
 	msg     Message
+	scratch bytes.Buffer // between a plan's chained escapers
+	noPlans bool         // tests: execute the templates only
 }
 
 // NewRenderer returns a Renderer for t. Each Renderer holds its own copy of the compiled templates,
@@ -226,7 +228,13 @@ type executor interface {
 	Execute(io.Writer, any) error
 }
 
-func (r *Renderer) exec(part string, t executor, buf *bytes.Buffer) error {
+func (r *Renderer) exec(part string, p plan, t executor, buf *bytes.Buffer) error {
+	if p != nil && !r.noPlans {
+		buf.Reset()
+		if p.exec(buf, r.root, &r.scratch) && buf.Len() <= r.tpl.opts.MaxPartSize {
+			return nil
+		}
+	}
 	buf.Reset()
 	r.b.steps = 0
 	r.lw = limitWriter{buf: buf, max: r.tpl.opts.MaxPartSize, part: part}
@@ -243,13 +251,13 @@ func (r *Renderer) Render(rc *Recipient, opts RenderOptions) (*Message, error) {
 		return nil, r.err
 	}
 	r.fill(rc)
-	if err := r.exec(partSubject, r.subject, &r.subj); err != nil {
+	if err := r.exec(partSubject, r.tpl.subjectPlan, r.subject, &r.subj); err != nil {
 		return nil, err
 	}
 	r.msg.Subject = oneLine(r.subj.Bytes())
 	r.msg.HTML, r.msg.Text = nil, nil
 	if r.html != nil {
-		if err := r.exec(partHTML, r.html, &r.raw); err != nil {
+		if err := r.exec(partHTML, r.tpl.htmlPlan, r.html, &r.raw); err != nil {
 			return nil, err
 		}
 		r.finishHTML(r.raw.Bytes(), &opts)
@@ -259,7 +267,7 @@ func (r *Renderer) Render(rc *Recipient, opts RenderOptions) (*Message, error) {
 		r.msg.HTML = r.out.Bytes()
 	}
 	if r.text != nil {
-		if err := r.exec(partText, r.text, &r.txt); err != nil {
+		if err := r.exec(partText, r.tpl.textPlan, r.text, &r.txt); err != nil {
 			return nil, err
 		}
 		r.msg.Text = r.txt.Bytes()
