@@ -121,6 +121,9 @@ type Engine struct {
 	recoverMu   sync.Mutex
 	lastRecover time.Time
 
+	cursorMu sync.Mutex
+	cursors  map[int64]int64 // delivery id → last row id a worker read (SQLite)
+
 	flightMu sync.Mutex
 	inflight map[int64]map[*flight]struct{} // delivery id → batches being sent
 
@@ -181,6 +184,7 @@ func New(cfg Config) (*Engine, error) {
 		sql:      queriesFor(cfg.DB.Engine),
 		compose:  &email.Composer{Domain: domain, DKIM: cfg.DKIM, Clock: cfg.Clock},
 		inflight: map[int64]map[*flight]struct{}{},
+		cursors:  map[int64]int64{},
 		kick:     make(chan struct{}, 1),
 	}, nil
 }
@@ -258,8 +262,12 @@ func (e *Engine) step(ctx context.Context, w *worker) (int, error) {
 		return 0, err
 	}
 	active, err := e.activeDeliveries(ctx)
-	if err != nil || len(active) == 0 {
+	if err != nil {
 		return 0, err
+	}
+	e.forgetCursors(active)
+	if len(active) == 0 {
+		return 0, nil
 	}
 	now := e.clock.Now()
 	first := int(e.rr.Add(1) % uint64(len(active)))

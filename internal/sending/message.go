@@ -183,6 +183,21 @@ type batch struct {
 	failed []failedRow
 }
 
+// keep drops the messages whose row is not in marked: another worker moved it first.
+func (b *batch) keep(marked map[int64]bool) {
+	if len(marked) == len(b.msgs) {
+		return
+	}
+	n := 0
+	for i := range b.msgs {
+		if marked[b.msgs[i].ID] {
+			b.rows[n], b.msgs[n] = b.rows[i], b.msgs[i]
+			n++
+		}
+	}
+	b.rows, b.msgs, b.out = b.rows[:n], b.msgs[:n], b.out[:n]
+}
+
 type failedRow struct {
 	row    row
 	reason string

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -23,8 +24,11 @@ import (
 // parameters is quadratic), an array or a JSON document on PostgreSQL.
 type queries struct {
 	engine store.Engine
-	// claim leases up to $5 due pending rows of delivery $3 to $1 until $2; $4 is now.
+	// claim leases up to $5 due pending rows of delivery $3 to $1 until $2; $4 is now
+	// (PostgreSQL).
 	claim string
+	// pick reads up to $4 due pending rows of delivery $1 after id $2; $3 is now (SQLite).
+	pick string
 	// writeBack applies the outcomes in $1 to rows in flight under lease owner $2.
 	writeBack string
 	// writeSent and writeSentIDs mark sent, at $5 with reply code $3 and enhanced code $4, the
@@ -63,7 +67,9 @@ func queriesFor(eng store.Engine) queries {
 	}
 	return queries{
 		engine: eng,
-		claim:  `UPDATE sending_log SET lease_owner = $1, lease_until = $2 WHERE id IN (` + due + `)` + returning,
+		pick: `SELECT id, profile_id, address, attempts, ambiguous FROM sending_log WHERE delivery_id = $1 AND status = 'pending'
+			AND id > $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $3) AND (lease_until IS NULL OR lease_until < $3)
+			ORDER BY id LIMIT $4`,
 		// The batch is parsed once into a materialised table, then joined by primary key: with
 		// json_each in the FROM of the UPDATE itself, SQLite may scan sending_log and evaluate
 		// json_each (parsing the whole batch again) for every row.
@@ -139,7 +145,16 @@ type row struct {
 	ambiguous     bool
 }
 
+// claim takes up to BatchSize due pending rows of a delivery for this node.
+//
+// On PostgreSQL it leases them, so that the nodes sharing the queue take distinct rows. On
+// SQLite, whose database one node owns, it only reads them: the workers of the engine take
+// them in id order from a cursor per delivery, and markInFlight, which moves only rows still
+// pending, is what makes a row one worker's. A row costs one write fewer.
 func (e *Engine) claim(ctx context.Context, deliveryID int64) ([]row, error) {
+	if e.sql.engine == store.SQLite {
+		return e.pick(ctx, deliveryID)
+	}
 	now := e.clock.Now()
 	var out []row
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
@@ -147,15 +162,8 @@ func (e *Engine) claim(ctx context.Context, deliveryID int64) ([]row, error) {
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var r row
-			if err := rows.Scan(&r.id, &r.profileID, &r.address, &r.attempts, &r.ambiguous); err != nil {
-				return err
-			}
-			out = append(out, r)
-		}
-		return rows.Err()
+		out, err = scanRows(rows)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim rows of delivery %d: %w", deliveryID, err)
@@ -163,30 +171,94 @@ func (e *Engine) claim(ctx context.Context, deliveryID int64) ([]row, error) {
 	return out, nil
 }
 
-// markInFlight moves the claimed rows to status sending with a fresh lease, in a committed
-// transaction, unless the delivery stopped sending meanwhile. It reports whether it did.
-func (e *Engine) markInFlight(ctx context.Context, deliveryID int64, ids []int64) (bool, error) {
+// pick reads the next due pending rows of a delivery after its cursor, and from the start
+// when there are none after it: rows behind the cursor may be pending again (deferred,
+// retried, or left by a pause). A worker may then read rows another one has read and not yet
+// marked; only one of them will mark each row.
+func (e *Engine) pick(ctx context.Context, deliveryID int64) ([]row, error) {
+	e.cursorMu.Lock()
+	defer e.cursorMu.Unlock()
+	now := e.clock.Now().UnixMilli()
+	after := e.cursors[deliveryID]
+	for {
+		rows, err := e.db.Read.QueryContext(ctx, e.sql.pick, deliveryID, after, now, e.cfg.BatchSize)
+		if err != nil {
+			return nil, fmt.Errorf("read rows of delivery %d to send: %w", deliveryID, err)
+		}
+		out, err := scanRows(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read rows of delivery %d to send: %w", deliveryID, err)
+		}
+		if len(out) > 0 {
+			e.cursors[deliveryID] = out[len(out)-1].id
+			return out, nil
+		}
+		delete(e.cursors, deliveryID)
+		if after == 0 {
+			return nil, nil
+		}
+		after = 0
+	}
+}
+
+// forgetCursors drops the cursors of deliveries no longer active.
+func (e *Engine) forgetCursors(active []activeDelivery) {
+	e.cursorMu.Lock()
+	defer e.cursorMu.Unlock()
+	for id := range e.cursors {
+		if !slices.ContainsFunc(active, func(d activeDelivery) bool { return d.id == id }) {
+			delete(e.cursors, id)
+		}
+	}
+}
+
+func scanRows(rows *sql.Rows) ([]row, error) {
+	defer rows.Close()
+	var out []row
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.id, &r.profileID, &r.address, &r.attempts, &r.ambiguous); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// markInFlight moves the claimed rows among ids to status sending under this node's lease,
+// in a committed transaction, unless the delivery stopped sending meanwhile, and returns the
+// ids it moved. On SQLite a row still pending is this worker's to move, whoever else read
+// it; a row another worker moved first is not among the ids returned.
+func (e *Engine) markInFlight(ctx context.Context, deliveryID int64, ids []int64) (map[int64]bool, error) {
 	set, arg := e.sql.idSet(ids, 3)
-	var n int64
+	mine := e.sql.noIndex("lease_owner") + ` = $1`
+	if e.sql.engine == store.SQLite {
+		mine = `(` + e.sql.noIndex("lease_owner") + ` IS NULL OR ` + mine + `)`
+	}
+	marked := make(map[int64]bool, len(ids))
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'sending', lease_until = $2
-			WHERE `+e.sql.noIndex("lease_owner")+` = $1 AND `+e.sql.noIndex("status")+` = 'pending' AND id IN `+set+`
-			AND EXISTS (SELECT 1 FROM deliveries WHERE id = $4 AND state IN ('sending', 'retrying'))`,
+		clear(marked)
+		rows, err := tx.QueryContext(ctx, `UPDATE sending_log SET status = 'sending', lease_owner = $1, lease_until = $2
+			WHERE `+mine+` AND `+e.sql.noIndex("status")+` = 'pending' AND id IN `+set+`
+			AND EXISTS (SELECT 1 FROM deliveries WHERE id = $4 AND state IN ('sending', 'retrying'))
+			RETURNING id`,
 			e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID)
 		if err != nil {
 			return err
 		}
-		n, err = res.RowsAffected()
-		return err
+		return readIDs(rows, marked)
 	})
 	if err != nil {
-		return false, fmt.Errorf("mark %d rows of delivery %d in flight: %w", len(ids), deliveryID, err)
+		return nil, fmt.Errorf("mark %d rows of delivery %d in flight: %w", len(ids), deliveryID, err)
 	}
-	return n > 0, nil
+	return marked, nil
 }
 
-// release gives claimed rows back to the queue untouched.
+// release gives claimed rows back to the queue untouched. On SQLite a claim leases nothing.
 func (e *Engine) release(ctx context.Context, ids []int64) error {
+	if e.sql.engine == store.SQLite {
+		return nil
+	}
 	set, arg := e.sql.idSet(ids, 2)
 	return e.db.InTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `UPDATE sending_log SET lease_owner = NULL, lease_until = NULL
@@ -209,14 +281,15 @@ func (e *Engine) process(ctx context.Context, w *worker, d activeDelivery, rows 
 		sendIDs = append(sendIDs, b.msgs[i].ID)
 	}
 	if len(sendIDs) > 0 {
-		ok, err := e.markInFlight(ctx, d.id, sendIDs)
+		marked, err := e.markInFlight(ctx, d.id, sendIDs)
 		if err != nil {
 			_ = e.release(wctx, ids(rows))
 			return err
 		}
-		if !ok { // paused or stopped since the claim
+		if len(marked) == 0 { // paused or stopped since the claim, or another worker's
 			return e.release(wctx, ids(rows))
 		}
+		b.keep(marked)
 	}
 	// Rows that failed before sending (render errors) are marked in flight with the rest so
 	// that the write-back's lease check holds for them too.
@@ -225,9 +298,11 @@ func (e *Engine) process(ctx context.Context, w *worker, d activeDelivery, rows 
 		for i, f := range b.failed {
 			fids[i] = f.row.id
 		}
-		if _, err := e.markInFlight(wctx, d.id, fids); err != nil {
+		marked, err := e.markInFlight(wctx, d.id, fids)
+		if err != nil {
 			return err
 		}
+		b.failed = slices.DeleteFunc(b.failed, func(f failedRow) bool { return !marked[f.row.id] })
 	}
 	if len(b.msgs) > 0 {
 		sctx, cancel := context.WithCancel(ctx)

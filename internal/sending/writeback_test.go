@@ -3,10 +3,12 @@ package sending
 import (
 	"context"
 	"database/sql"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/stats"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
@@ -86,6 +88,112 @@ func TestWriteBackStoresEveryOutcome(t *testing.T) {
 		}
 		if live.Sent != 7 || live.Delivered != 6 || live.HardBounces != 1 {
 			t.Errorf("live counters %+v; want 7 sent of which 6 delivered, 1 hard bounce (the soft one waits)", live)
+		}
+	})
+}
+
+// recordingSender defers the first attempt of the recipients in defer, accepts the rest,
+// and counts what it accepted per recipient.
+type recordingSender struct {
+	mu       sync.Mutex
+	deferred map[string]bool // true once deferred
+	accepted map[string]int
+}
+
+func (s *recordingSender) Send(_ context.Context, msgs []channel.Message, out []channel.Outcome) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, m := range msgs {
+		if done, ok := s.deferred[m.To]; ok && !done {
+			s.deferred[m.To] = true
+			out[i] = channel.Outcome{Status: channel.Deferred}
+			continue
+		}
+		s.accepted[m.To]++
+		out[i] = channel.Outcome{Status: channel.Sent, Code: 250}
+	}
+	return nil
+}
+func (s *recordingSender) Close() error { return nil }
+
+// TestRowsReadTwiceAreSentOnce has a worker read rows that another has read and sent since,
+// some of which went back to the queue: it sends only those.
+func TestRowsReadTwiceAreSentOnce(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		f := newFixture(t, db, 6, 84*time.Hour)
+		s := &recordingSender{accepted: map[string]int{}, deferred: map[string]bool{f.addrs[0]: false, f.addrs[1]: false}}
+		e := f.engine(t, s, "n1", 4)
+		active, err := e.activeDeliveries(ctx)
+		if err != nil || len(active) != 1 {
+			t.Fatal(active, err)
+		}
+		d := active[0]
+		a, err := e.claim(ctx, d.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := e.claim(ctx, d.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// On SQLite this third read starts again from the first rows, which are still pending;
+		// on PostgreSQL they are leased and it takes nothing.
+		c, err := e.claim(ctx, d.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.process(ctx, newWorker(e), d, a); err != nil { // sends 2 of 4, defers 2
+			t.Fatal(err)
+		}
+		for _, rows := range [][]row{c, b} { // c may send only the 2 deferred
+			if len(rows) > 0 {
+				if err := e.process(ctx, newWorker(e), d, rows); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		drain(t, e)
+		for _, addr := range f.addrs {
+			if s.accepted[addr] != 1 {
+				t.Errorf("%s received %d messages, want 1", addr, s.accepted[addr])
+			}
+		}
+		if db.Engine == store.SQLite && len(c) == 0 {
+			t.Error("the third read found nothing; the test needs it to read the first rows again")
+		}
+	})
+}
+
+// TestWorkersNeverSendARowTwice runs several workers on small batches while deferred rows
+// return to the queue behind them: every recipient gets exactly one message.
+func TestWorkersNeverSendARowTwice(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		const n = 300
+		f := newFixture(t, db, n, 84*time.Hour)
+		s := &recordingSender{accepted: map[string]int{}, deferred: map[string]bool{}}
+		for i := 0; i < n; i += 3 {
+			s.deferred[f.addrs[i]] = false
+		}
+		e, err := New(Config{DB: db, Deliveries: f.del, Quarantine: f.quar, Sender: s, NodeID: "n1", BatchSize: 7, Workers: 4,
+			Clock: f.clk, PollInterval: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 20*time.Second, func() bool { return f.state(t) == delivery.Finished })
+		e.Stop()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, a := range f.addrs {
+			if s.accepted[a] != 1 {
+				t.Errorf("%s received %d messages, want 1", a, s.accepted[a])
+			}
+		}
+		if got := f.count(t, `status = 'sent'`); got != n {
+			t.Errorf("%d rows sent, want %d", got, n)
 		}
 	})
 }
