@@ -15,16 +15,27 @@ import (
 // wrapColumn is where derived text lines are wrapped (words are never cut).
 const wrapColumn = 76
 
-// blockBreak says how many line breaks an element starts and ends with in derived text.
-var blockBreak = map[string]int{
-	"p": 2, "h1": 2, "h2": 2, "h3": 2, "h4": 2, "h5": 2, "h6": 2, "table": 2, "ul": 2, "ol": 2,
-	"blockquote": 2, "pre": 2, "hr": 2, "dl": 2,
-	"div": 1, "tr": 1, "li": 1, "section": 1, "article": 1, "header": 1, "footer": 1, "center": 1,
-	"dt": 1, "dd": 1, "br": 1, "address": 1, "form": 1, "main": 1, "nav": 1, "aside": 1,
+// blockBreak says how many line breaks an element starts and ends with in derived text. A
+// switch, not a map: it is asked for every tag of every message, and hashing cost more.
+func blockBreak(name []byte) int {
+	switch string(name) {
+	case "p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "blockquote", "pre", "hr", "dl":
+		return 2
+	case "div", "tr", "li", "section", "article", "header", "footer", "center", "dt", "dd", "br",
+		"address", "form", "main", "nav", "aside":
+		return 1
+	}
+	return 0
 }
 
-// skippedElements have content that is not text to read.
-var skippedElements = map[string]bool{"script": true, "style": true, "head": true, "title": true, "textarea": true}
+// skippedElement reports elements whose content is not text to read.
+func skippedElement(name []byte) bool {
+	switch string(name) {
+	case "script", "style", "head", "title", "textarea":
+		return true
+	}
+	return false
+}
 
 // textConverter turns rendered HTML into readable plain text: paragraphs and line breaks kept,
 // list items marked, links written "text (url)", scripts and styles dropped, entities decoded,
@@ -121,13 +132,13 @@ func (c *textConverter) startTag(src, name []byte, k int) int {
 		want = "alt"
 	}
 	val, end := scanAttrs(src, k, want, 0)
-	if skippedElements[string(name)] {
+	if skippedElement(name) {
 		if close := findClose(src, end, name); close >= 0 {
 			return close
 		}
 		return end
 	}
-	if nb := blockBreak[string(name)]; nb > 0 {
+	if nb := blockBreak(name); nb > 0 {
 		c.breakLine(nb)
 	}
 	switch string(name) {
@@ -190,7 +201,7 @@ func (c *textConverter) endTag(name []byte) {
 			c.linkURL()
 		}
 	}
-	if nb := blockBreak[string(name)]; nb > 0 {
+	if nb := blockBreak(name); nb > 0 {
 		c.breakLine(nb)
 	}
 }
@@ -294,10 +305,11 @@ func (c *textConverter) word(w []byte) {
 		c.space = true
 	}
 	c.afterLink = false
+	n := runeCount(w)
 	if c.nl > 0 && c.started {
 		c.flush()
 	} else if c.space && c.col > 0 {
-		if c.col+1+utf8.RuneCount(w) > wrapColumn {
+		if c.col+1+n > wrapColumn {
 			c.w.WriteByte('\n')
 			c.col = 0
 		} else {
@@ -307,7 +319,19 @@ func (c *textConverter) word(w []byte) {
 	}
 	c.nl = 0
 	c.space = false
-	c.put(w)
+	c.w.Write(w)
+	c.col += n
+	c.started = true
+}
+
+// runeCount is utf8.RuneCount with a shortcut for the ASCII words most text is made of.
+func runeCount(b []byte) int {
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return utf8.RuneCount(b)
+		}
+	}
+	return len(b)
 }
 
 // commonEntities decode without the general decoder; &nbsp; becomes a plain space.

@@ -2,15 +2,18 @@
 // every delivery that is sending or retrying, renders each recipient's message, hands batches
 // to a channel.Sender and writes the outcomes back (DESIGN.md §4).
 //
-// The sending log is the queue. A worker claims a batch of due pending rows of one delivery
-// under a lease (lease_owner = the node id, lease_until = now + Lease); on PostgreSQL claims
-// use FOR UPDATE SKIP LOCKED so several nodes share the queue, on SQLite the single writer
-// serialises them. A claimed row whose lease runs out (its node died) is simply claimable
-// again. The worker renders the batch with the delivery's template, compiled once per
-// delivery and prepared hash, and builds each MIME message with email.Composer.
+// The sending log is the queue. A worker claims a batch of due pending rows of one delivery.
+// On PostgreSQL the claim is a lease (lease_owner = the node id, lease_until = now + Lease)
+// taken with FOR UPDATE SKIP LOCKED, so several nodes share the queue; a claimed row whose
+// lease runs out (its node died) is simply claimable again. On SQLite, whose database one node
+// owns, the claim only reads the rows, from a cursor per delivery, and the in-flight mark below
+// decides which worker a row is: it moves only rows still pending. The worker renders the
+// batch with the delivery's template, compiled once per delivery and prepared hash, and builds
+// each MIME message with email.Composer.
 //
 // Crash safety: before the batch goes to the Sender its rows are marked in flight (status
-// sending, with a fresh lease) in a committed transaction. Outcomes are written back in one
+// sending, with a fresh lease) in a committed transaction; rows the mark did not move are
+// dropped from the batch. Outcomes are written back in one
 // transaction per batch, with the quarantine changes they cause. A row found in flight with an
 // expired lease may have been sent by a node that died before writing its outcome: it goes
 // back to pending, marked ambiguous, and is sent again. So at most the messages in flight at a
