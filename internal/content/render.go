@@ -12,6 +12,7 @@ import (
 	"strconv"
 	ttemplate "text/template"
 	"time"
+	"unicode/utf8"
 )
 
 // Recipient is the data a template renders for one recipient: the profile's fields, its free
@@ -40,6 +41,14 @@ func DecodeAttributes(raw []byte) (map[string]any, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return map[string]any{}, nil
 	}
+	if m, ok := decodeFlat(raw); ok {
+		return m, nil
+	}
+	return decodeAttributes(raw)
+}
+
+// decodeAttributes is DecodeAttributes by encoding/json, for any JSON.
+func decodeAttributes(raw []byte) (map[string]any, error) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var m map[string]any
@@ -50,6 +59,112 @@ func DecodeAttributes(raw []byte) (map[string]any, error) {
 		m[k] = normalizeNumbers(v)
 	}
 	return m, nil
+}
+
+// decodeFlat decodes the attributes most profiles have, a flat object of plain strings, whole
+// numbers, booleans and nulls, about ten times faster than encoding/json; ok is false for
+// anything else (an escape in a string, a fraction, a nested value, bad JSON), which
+// decodeAttributes then reads. It is called for every recipient of every send.
+func decodeFlat(raw []byte) (m map[string]any, ok bool) {
+	i := skipJSONSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
+		return nil, false
+	}
+	m = make(map[string]any, 8)
+	i = skipJSONSpace(raw, i+1)
+	if i < len(raw) && raw[i] == '}' {
+		return m, skipJSONSpace(raw, i+1) == len(raw)
+	}
+	for {
+		key, j, ok := plainJSONString(raw, i)
+		if !ok {
+			return nil, false
+		}
+		i = skipJSONSpace(raw, j)
+		if i >= len(raw) || raw[i] != ':' {
+			return nil, false
+		}
+		i = skipJSONSpace(raw, i+1)
+		if i >= len(raw) {
+			return nil, false
+		}
+		var v any
+		switch c := raw[i]; {
+		case c == '"':
+			s, j, ok := plainJSONString(raw, i)
+			if !ok {
+				return nil, false
+			}
+			v, i = s, j
+		case c == '-' || c >= '0' && c <= '9':
+			j := i
+			if raw[j] == '-' {
+				j++
+			}
+			start := j
+			for j < len(raw) && raw[j] >= '0' && raw[j] <= '9' {
+				j++
+			}
+			// JSON allows no leading zero; a fraction or an exponent is decodeAttributes's.
+			if j == start || raw[start] == '0' && j-start > 1 || j < len(raw) && (raw[j] == '.' || raw[j] == 'e' || raw[j] == 'E') {
+				return nil, false
+			}
+			n, err := strconv.ParseInt(string(raw[i:j]), 10, 64)
+			if err != nil {
+				return nil, false
+			}
+			v, i = n, j
+		case bytes.HasPrefix(raw[i:], []byte("true")):
+			v, i = true, i+4
+		case bytes.HasPrefix(raw[i:], []byte("false")):
+			v, i = false, i+5
+		case bytes.HasPrefix(raw[i:], []byte("null")):
+			v, i = nil, i+4
+		default:
+			return nil, false
+		}
+		m[key] = v
+		i = skipJSONSpace(raw, i)
+		if i >= len(raw) {
+			return nil, false
+		}
+		switch raw[i] {
+		case ',':
+			i = skipJSONSpace(raw, i+1)
+		case '}':
+			return m, skipJSONSpace(raw, i+1) == len(raw)
+		default:
+			return nil, false
+		}
+	}
+}
+
+func skipJSONSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// plainJSONString reads the string starting at b[i] ('"') when it has no escape and no control
+// character and is valid UTF-8, and returns it and the offset after its closing quote.
+func plainJSONString(b []byte, i int) (string, int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return "", 0, false
+	}
+	for j := i + 1; j < len(b); j++ {
+		switch c := b[j]; {
+		case c == '"':
+			s := b[i+1 : j]
+			if !utf8.Valid(s) {
+				return "", 0, false
+			}
+			return string(s), j + 1, true
+		case c == '\\' || c < 0x20:
+			return "", 0, false
+		}
+	}
+	return "", 0, false
 }
 
 func normalizeNumbers(v any) any {
