@@ -293,9 +293,29 @@ func (c *textConverter) text(b []byte) {
 		}
 		if e > 0 {
 			c.word(b[:e])
-			b = b[e:]
+			b = b[c.run(b[e:])+e:]
 		}
 	}
+}
+
+// run writes the words at the start of b that each follow a single space, are ASCII and fit
+// on the line, as word would one by one, and returns how many bytes it took: most of a
+// paragraph goes through here in one copy.
+func (c *textConverter) run(b []byte) int {
+	i := 0
+	for i < len(b) && b[i] == ' ' {
+		j := i + 1
+		for j < len(b) && b[j] < utf8.RuneSelf && !isSpaceByte(b[j]) {
+			j++
+		}
+		if j == i+1 || j < len(b) && !isSpaceByte(b[j]) || c.col+j > wrapColumn {
+			break // a second space, a non-ASCII word, or a wrap: word's to handle
+		}
+		i = j
+	}
+	c.w.Write(b[:i])
+	c.col += i
+	return i
 }
 
 func isSpaceByte(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' }
