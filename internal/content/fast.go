@@ -220,6 +220,8 @@ func isTrueValue(v any) (truth, ok bool) {
 }
 
 // escapeHTML is html/template's htmlReplacer with its htmlReplacementTable, for plain text.
+// It is not writeAttrEscaped, which escapes the URLs Herald itself writes into attributes: this
+// one must match html/template byte for byte (it also escapes '+' and NUL).
 func escapeHTML(b *bytes.Buffer, s string) {
 	last := 0
 	for i := 0; i < len(s); i++ {
