@@ -2,6 +2,7 @@ package content
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -110,13 +111,22 @@ func TestPlansLeaveOtherTemplatesToTheirTemplate(t *testing.T) {
 }
 
 func TestPlanRespectsThePartLimit(t *testing.T) {
-	tpl, err := Compile(Content{FromAddress: "a@b.example", Subject: "s", HTML: `<p>{{.attributes.v}}</p>`}, Options{MaxPartSize: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := tpl.NewRenderer()
-	_, err = r.Render(&Recipient{Attributes: map[string]any{"v": string(bytes.Repeat([]byte("x"), 200))}}, RenderOptions{})
-	if err == nil {
-		t.Fatal("a 200-byte value rendered under a 100-byte limit")
+	long := &Recipient{Attributes: map[string]any{"v": string(bytes.Repeat([]byte("x"), 200))}}
+	for _, c := range []Content{
+		{FromAddress: "a@b.example", Subject: "s", Text: `{{.attributes.v}}`},
+		{FromAddress: "a@b.example", Subject: `{{.attributes.v}}`, Text: "t"},
+		{FromAddress: "a@b.example", Subject: "s", HTML: `<p>{{.attributes.v}}</p>`},
+	} {
+		tpl, err := Compile(c, Options{MaxPartSize: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tpl.subjectPlan == nil || c.HTML != "" && tpl.htmlPlan == nil || c.HTML == "" && tpl.textPlan == nil {
+			t.Fatalf("%+v: a part has no plan", c)
+		}
+		_, err = tpl.NewRenderer().Render(long, RenderOptions{})
+		if !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%+v: a 200-byte value rendered under a 100-byte limit: %v", c, err)
+		}
 	}
 }
