@@ -128,5 +128,8 @@ func TestPlanRespectsThePartLimit(t *testing.T) {
 		if !errors.Is(err, ErrTooLarge) {
 			t.Errorf("%+v: a 200-byte value rendered under a 100-byte limit: %v", c, err)
 		}
+		if err := tpl.NewRenderer().Check(long); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%+v: Check passed a 200-byte value under a 100-byte limit: %v", c, err)
+		}
 	}
 }
