@@ -341,8 +341,7 @@ func (e *Engine) watch(ctx context.Context) {
 func (e *Engine) renewLeases(ctx context.Context) {
 	now := e.clock.Now()
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE sending_log SET lease_until = $1
-			WHERE status = 'sending' AND lease_until < $2 AND lease_owner = $3`,
+		_, err := tx.ExecContext(ctx, e.sql.renew,
 			now.Add(e.cfg.Lease).UnixMilli(), now.Add(e.cfg.Lease*3/4).UnixMilli(), e.cfg.NodeID)
 		return err
 	})
@@ -403,8 +402,7 @@ func (e *Engine) activeDeliveries(ctx context.Context) ([]activeDelivery, error)
 func (e *Engine) reclaimOwn(ctx context.Context) error {
 	var inFlight, claimed int64
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'pending', ambiguous = TRUE, lease_owner = NULL, lease_until = NULL
-			WHERE lease_owner = $1 AND status = 'sending'`, e.cfg.NodeID)
+		res, err := tx.ExecContext(ctx, e.sql.reclaimInFlight, e.cfg.NodeID)
 		if err != nil {
 			return err
 		}
@@ -442,8 +440,7 @@ func (e *Engine) recoverExpired(ctx context.Context) error {
 	}
 	var n int64
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'pending', ambiguous = TRUE, lease_owner = NULL, lease_until = NULL
-			WHERE status = 'sending' AND lease_until < $1`, now.UnixMilli())
+		res, err := tx.ExecContext(ctx, e.sql.recoverExpired, now.UnixMilli())
 		if err != nil {
 			return err
 		}

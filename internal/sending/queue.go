@@ -35,6 +35,29 @@ type queries struct {
 	// rows in $1 in flight under lease owner $2: writeSentIDs takes their ids; writeSent takes
 	// each id with its provider id ("id provider" strings on SQLite, two arrays on PostgreSQL).
 	writeSent, writeSentIDs string
+	// renew extends to $1 the lease of the rows in flight under owner $3 whose lease ends
+	// before $2; recoverExpired returns to the queue, as ambiguous, the rows in flight whose
+	// lease ended before $1; reclaimInFlight does so for the rows in flight under owner $1.
+	renew, recoverExpired, reclaimInFlight string
+}
+
+// inFlightSQL is the condition that selects the rows in flight (status sending) of every
+// delivery through an index: sending_log_in_flight on PostgreSQL; on SQLite, which has no such
+// index (it cost two B-tree writes a message), the status index, delivery by delivery.
+func inFlightSQL(eng store.Engine) string {
+	if eng == store.Postgres {
+		return `status = 'sending'`
+	}
+	return `delivery_id IN (SELECT id FROM deliveries) AND status = 'sending'`
+}
+
+// setLeaseQueries fills in the statements on rows in flight.
+func (q *queries) setLeaseQueries() {
+	inFlight := inFlightSQL(q.engine)
+	const back = `UPDATE sending_log SET status = 'pending', ambiguous = TRUE, lease_owner = NULL, lease_until = NULL WHERE `
+	q.renew = `UPDATE sending_log SET lease_until = $1 WHERE ` + inFlight + ` AND lease_until < $2 AND lease_owner = $3`
+	q.recoverExpired = back + inFlight + ` AND lease_until < $1`
+	q.reclaimInFlight = back + inFlight + ` AND lease_owner = $1`
 }
 
 // sentSet is what the two writeSent statements set besides the provider id.
@@ -46,7 +69,7 @@ func queriesFor(eng store.Engine) queries {
 		AND (next_attempt_at IS NULL OR next_attempt_at <= $4) AND (lease_until IS NULL OR lease_until < $4) LIMIT $5`
 	const returning = ` RETURNING id, profile_id, address, attempts, ambiguous`
 	if eng == store.Postgres {
-		return queries{
+		q := queries{
 			engine: eng,
 			// SKIP LOCKED lets several nodes claim side by side without waiting on each other.
 			claim: `UPDATE sending_log SET lease_owner = $1, lease_until = $2 WHERE id IN (` + due + ` FOR UPDATE SKIP LOCKED)` + returning,
@@ -64,8 +87,10 @@ func queriesFor(eng store.Engine) queries {
 			writeSentIDs: `UPDATE sending_log SET ` + sentSet + `, provider_id = NULL
 				WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND status = 'sending' RETURNING id`,
 		}
+		q.setLeaseQueries()
+		return q
 	}
-	return queries{
+	q := queries{
 		engine: eng,
 		pick: `SELECT id, profile_id, address, attempts, ambiguous FROM sending_log WHERE delivery_id = $1 AND status = 'pending'
 			AND id > $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $3) AND (lease_until IS NULL OR lease_until < $3)
@@ -98,6 +123,8 @@ func queriesFor(eng store.Engine) queries {
 			WHERE id IN (SELECT value FROM json_each($1)) AND +lease_owner = $2 AND +status = 'sending'
 			RETURNING id`,
 	}
+	q.setLeaseQueries()
+	return q
 }
 
 // noIndex returns col so that SQLite does not pick an index on it: for a statement that names
