@@ -1,6 +1,7 @@
 package email
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -374,6 +375,9 @@ func appendQP(dst, src []byte) []byte {
 		if qpSafe[c] && line < 75 {
 			// Copy a run of literal bytes at once, up to the line limit.
 			j, end := i+1, min(len(src), i+75-line)
+			for j+8 <= end && plain8(binary.LittleEndian.Uint64(src[j:])) {
+				j += 8
+			}
 			for j < end && qpSafe[src[j]] {
 				j++
 			}
@@ -420,3 +424,16 @@ func appendQP(dst, src []byte) []byte {
 }
 
 const upperHex = "0123456789ABCDEF"
+
+// plain8 reports whether the eight bytes packed in x are all printable ASCII or space, and
+// none is '=': bytes quoted-printable copies as they are. Tab, which it copies too, is left
+// to the byte-wise loop. Each test is exact for the word as a whole: a borrow or carry
+// between bytes only ever starts at a byte that already fails.
+func plain8(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	below := (x - 0x20*ones) &^ x       // some byte < 0x20
+	above := (x + (0x80-0x7f)*ones) | x // some byte > 0x7e
+	eq := x ^ '='*ones                  // a zero byte where x has '='
+	equals := (eq - ones) &^ eq
+	return (below|above|equals)&highs == 0
+}

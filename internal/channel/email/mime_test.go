@@ -413,3 +413,86 @@ func TestQuotedPrintableRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// appendQPBytewise is appendQP as it was before plain8: it tests one byte at a time.
+func appendQPBytewise(dst, src []byte) []byte {
+	line := 0
+	for i := 0; i < len(src); {
+		c := src[i]
+		if qpSafe[c] && line < 75 {
+			j, end := i+1, min(len(src), i+75-line)
+			for j < end && qpSafe[src[j]] {
+				j++
+			}
+			if w := src[j-1]; (w == ' ' || w == '\t') && (j == len(src) || src[j] == '\n' || src[j] == '\r') {
+				j--
+			}
+			if j > i {
+				dst = append(dst, src[i:j]...)
+				line += j - i
+				i = j
+				continue
+			}
+		}
+		if c == '\n' || (c == '\r' && i+1 < len(src) && src[i+1] == '\n') {
+			if c == '\r' {
+				i++
+			}
+			dst = append(dst, '\r', '\n')
+			line = 0
+			i++
+			continue
+		}
+		enc := !qpSafe[c]
+		if (c == ' ' || c == '\t') && (i+1 == len(src) || src[i+1] == '\n' || src[i+1] == '\r') {
+			enc = true
+		}
+		n := 1
+		if enc {
+			n = 3
+		}
+		if line+n > 75 {
+			dst = append(dst, '=', '\r', '\n')
+			line = 0
+		}
+		if enc {
+			dst = append(dst, '=', upperHex[c>>4], upperHex[c&0xf])
+		} else {
+			dst = append(dst, c)
+		}
+		line += n
+		i++
+	}
+	return dst
+}
+
+// TestQuotedPrintableWordAtATime checks appendQP, which skips eight plain bytes at a time,
+// against the byte-wise encoder on long runs of plain text broken by every byte value that
+// ends a run, at every offset within a word.
+func TestQuotedPrintableWordAtATime(t *testing.T) {
+	for c := range 256 {
+		x := uint64(0x4141414141414141)
+		for k := range 8 {
+			y := x&^(0xff<<(8*k)) | uint64(c)<<(8*k)
+			want := qpSafe[c] && c != '\t'
+			if plain8(y) != want {
+				t.Fatalf("plain8 with byte %#x at %d = %v, want %v", c, k, !want, want)
+			}
+		}
+	}
+	rng := fixedRand()
+	breakers := []byte("=\t\r\n \x00\x1f\x7f\x80\xc3\xa9\xff~!")
+	for n := range 3000 {
+		src := make([]byte, 1+n%400)
+		for i := range src {
+			if rng()%13 == 0 {
+				src[i] = breakers[rng()%uint64(len(breakers))]
+			} else {
+				src[i] = byte('a' + rng()%26)
+			}
+		}
+		if got, want := appendQP(nil, src), appendQPBytewise(nil, src); !bytes.Equal(got, want) {
+			t.Fatalf("appendQP(%q)\n = %q\nwant %q", src, got, want)
+		}
+	}
+}
