@@ -10,10 +10,10 @@ import (
 
 // A plan renders a part without text/template's reflection, which is most of a render's cost.
 // It covers what most message content is: text, actions that print a field of the data
-// (.email, .attributes.city, $.attributes.city) through the escapers html/template put there,
-// and {{if}}/{{else}} on such a field. Compile makes a plan of a part whose escaped tree holds
-// nothing else; a part with functions, loops, variables or contexts the plan has no escaper
-// for keeps its template alone.
+// (.email, .attributes.city, $.attributes.city), possibly through default with a literal text,
+// through the escapers html/template put there, and {{if}}/{{else}} on such a field. Compile
+// makes a plan of a part whose escaped tree holds nothing else; a part with other functions,
+// loops, variables or contexts the plan has no escaper for keeps its template alone.
 //
 // A plan gives up on data it is not sure to print as the template would (a field of a value
 // that is not an object, a type it does not know); the Renderer then executes the template,
@@ -25,7 +25,8 @@ type planNode struct {
 	text      string   // literal text, when path and cond are nil
 	path      []string // a printing action: the field, from the root of the data
 	esc       []escaper
-	textValue bool // the action prints with textValue (a text part's), not html/template's way
+	textValue bool    // the action prints with textValue (a text part's), not html/template's way
+	def       *string // the text of a default the field goes through, if any
 	// cond is the field an {{if}} tests; then and els are its branches.
 	cond      []string
 	then, els plan
@@ -63,12 +64,19 @@ func makePlan(l *parse.ListNode) plan {
 			if len(n.Pipe.Decl) > 0 || len(n.Pipe.Cmds) < 2 {
 				return nil
 			}
-			path := fieldPath(n.Pipe.Cmds[0])
-			if path == nil {
+			node := planNode{path: fieldPath(n.Pipe.Cmds[0])}
+			rest := n.Pipe.Cmds[1:]
+			if node.path == nil {
+				// {{default "text" .field}}
+				node.path, node.def = defaultCall(n.Pipe.Cmds[0])
+			} else if def, ok := defaultOf(rest[0]); ok {
+				// {{.field | default "text"}}
+				node.def, rest = def, rest[1:]
+			}
+			if node.path == nil || len(rest) == 0 {
 				return nil
 			}
-			node := planNode{path: path}
-			for _, c := range n.Pipe.Cmds[1:] {
+			for _, c := range rest {
 				if len(c.Args) != 1 {
 					return nil
 				}
@@ -114,6 +122,35 @@ func fieldPath(c *parse.CommandNode) []string {
 	return nil
 }
 
+// defaultOf reads a command `default "text"` (a field piped into it gives the value).
+func defaultOf(c *parse.CommandNode) (*string, bool) {
+	if len(c.Args) != 2 {
+		return nil, false
+	}
+	id, ok := c.Args[0].(*parse.IdentifierNode)
+	lit, isLit := c.Args[1].(*parse.StringNode)
+	if !ok || id.Ident != "default" || !isLit {
+		return nil, false
+	}
+	return &lit.Text, true
+}
+
+// defaultCall reads a command `default "text" .field` as the field's path and the text.
+func defaultCall(c *parse.CommandNode) ([]string, *string) {
+	if len(c.Args) != 3 {
+		return nil, nil
+	}
+	def, ok := defaultOf(&parse.CommandNode{Args: c.Args[:2]})
+	if !ok {
+		return nil, nil
+	}
+	path := fieldPath(&parse.CommandNode{Args: c.Args[2:]})
+	if path == nil {
+		return nil, nil
+	}
+	return path, def
+}
+
 // exec writes the part for the data root to b; false means the template must render it.
 func (p plan) exec(b *bytes.Buffer, root map[string]any, scratch *bytes.Buffer) bool {
 	for i := range p {
@@ -139,6 +176,13 @@ func (p plan) exec(b *bytes.Buffer, root map[string]any, scratch *bytes.Buffer) 
 			v, ok := lookup(root, n.path)
 			if !ok {
 				return false
+			}
+			if n.def != nil {
+				// defaultValue's emptiness for the values a plan prints; an empty list or
+				// object is empty too, but printed gives those to the template anyway.
+				if str, isStr := v.(string); v == nil || isStr && strings.TrimSpace(str) == "" {
+					v = *n.def
+				}
 			}
 			s, ok := printed(v, n.textValue)
 			if !ok {

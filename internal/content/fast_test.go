@@ -12,20 +12,23 @@ import (
 // nested fields, in all three parts.
 var planContent = Content{
 	FromName: "Shop", FromAddress: "news@shop.example",
-	Subject: `Hi {{.attributes.v}}{{if .attributes.b}}!{{end}} {{.attributes.obj.k}}`,
+	Subject: `Hi {{.attributes.v}}{{if .attributes.b}}!{{end}} {{.attributes.obj.k}} {{.attributes.v | default "you & co"}}`,
 	HTML: `<html><head><title>{{.attributes.v}}</title></head><body>
 <p title="{{.attributes.v}}">Hello {{.attributes.v}} ({{.email}}, {{$.attributes.v}}, #{{.id}}, {{.created_at}})</p>
 {{if .attributes.b}}<p>B {{.attributes.v}}</p>{{else if .attributes.v}}<p>V</p>{{else}}<p>none</p>{{end}}
 <a href="{{.attributes.v}}">whole</a> <a href="https://shop.example/?q={{.attributes.v}}&amp;x=1">query</a>
 <a href="https://shop.example/{{.attributes.v}}/p">path</a> <a href="{{.unsubscribe_url}}">Unsubscribe</a>
-<p>{{.attributes.obj.k}} {{.attributes.missing}}</p></body></html>`,
-	Text: `Hello {{.attributes.v}} {{if .attributes.b}}B{{else}}-{{end}} {{.attributes.obj.k}} {{.attributes.missing}}`,
+<p>{{.attributes.obj.k}} {{.attributes.missing}}</p>
+<p title="{{default "<you>" .attributes.v}}">{{.attributes.v | default "friend & co"}} {{default "x" .attributes.missing}}
+{{.attributes.obj.k | default ""}}</p> <a href="https://shop.example/{{.attributes.v | default "a b"}}">d</a></body></html>`,
+	Text: `Hello {{.attributes.v}} {{if .attributes.b}}B{{else}}-{{end}} {{.attributes.obj.k}} {{.attributes.missing}}` +
+		` {{.attributes.v | default "friend"}} {{default "<x>" .attributes.missing}}`,
 }
 
 // planValues are the values of attributes.v (and b, obj) the plans must print as the
 // templates do, including those a plan gives up on.
 var planValues = []any{
-	"", "plain", `<b class="x">Q'&+</b>`, "javascript:alert(1)", "JavaScript:x", "HTTP://x/y z?a=b&c=%41%zz%4",
+	"", " \t\n", "plain", `<b class="x">Q'&+</b>`, "javascript:alert(1)", "JavaScript:x", "HTTP://x/y z?a=b&c=%41%zz%4",
 	"mailto:a@b.example", "a/b:c", "é ü 中", "\x00nul", "\xff\xfe bad UTF-8", "%", "%4", " spaces\nnewline\t",
 	"a?b#c d", "[x]!*'();:@&=+$,/?#", int64(1500000), int64(-3), float64(1.5), float64(1e21), float64(0), true, false, nil,
 	map[string]any{"k": "v&"}, map[string]any{}, []any{int64(1), "a"}, []any{}, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
@@ -99,6 +102,9 @@ func TestPlansLeaveOtherTemplatesToTheirTemplate(t *testing.T) {
 		`<p style="color: {{.attributes.v}}">x</p>`,
 		`<a href={{.attributes.v}}>unquoted</a>`,
 		`<p>{{"literal"}}</p>`,
+		`<p>{{.attributes.v | default .email}}</p>`,
+		`<p>{{default .email .attributes.v}}</p>`,
+		`<p>{{.attributes.v | default "a" | upper}}</p>`,
 	} {
 		tpl, err := Compile(Content{FromAddress: "a@b.example", Subject: "s", HTML: html}, Options{})
 		if err != nil {
