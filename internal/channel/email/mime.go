@@ -368,14 +368,17 @@ var qpSafe = func() (t [256]bool) {
 // appendQP appends src quoted-printable encoded (RFC 2045 section 6.7).
 // LF and CRLF in src are line breaks; lines are at most 76 octets; space and
 // tab before a line break are encoded so transports cannot strip them.
-func appendQP(dst, src []byte) []byte {
+func appendQP(dst, src []byte) []byte { return appendQPWords(dst, src, true) }
+
+// appendQPWords is appendQP; words false tests one byte at a time, which tests compare with.
+func appendQPWords(dst, src []byte, words bool) []byte {
 	line := 0
 	for i := 0; i < len(src); {
 		c := src[i]
 		if qpSafe[c] && line < 75 {
 			// Copy a run of literal bytes at once, up to the line limit.
 			j, end := i+1, min(len(src), i+75-line)
-			for j+8 <= end && plain8(binary.LittleEndian.Uint64(src[j:])) {
+			for words && j+8 <= end && plain8(binary.LittleEndian.Uint64(src[j:])) {
 				j += 8
 			}
 			for j < end && qpSafe[src[j]] {

@@ -414,61 +414,9 @@ func TestQuotedPrintableRoundTrip(t *testing.T) {
 	}
 }
 
-// appendQPBytewise is appendQP as it was before plain8: it tests one byte at a time.
-func appendQPBytewise(dst, src []byte) []byte {
-	line := 0
-	for i := 0; i < len(src); {
-		c := src[i]
-		if qpSafe[c] && line < 75 {
-			j, end := i+1, min(len(src), i+75-line)
-			for j < end && qpSafe[src[j]] {
-				j++
-			}
-			if w := src[j-1]; (w == ' ' || w == '\t') && (j == len(src) || src[j] == '\n' || src[j] == '\r') {
-				j--
-			}
-			if j > i {
-				dst = append(dst, src[i:j]...)
-				line += j - i
-				i = j
-				continue
-			}
-		}
-		if c == '\n' || (c == '\r' && i+1 < len(src) && src[i+1] == '\n') {
-			if c == '\r' {
-				i++
-			}
-			dst = append(dst, '\r', '\n')
-			line = 0
-			i++
-			continue
-		}
-		enc := !qpSafe[c]
-		if (c == ' ' || c == '\t') && (i+1 == len(src) || src[i+1] == '\n' || src[i+1] == '\r') {
-			enc = true
-		}
-		n := 1
-		if enc {
-			n = 3
-		}
-		if line+n > 75 {
-			dst = append(dst, '=', '\r', '\n')
-			line = 0
-		}
-		if enc {
-			dst = append(dst, '=', upperHex[c>>4], upperHex[c&0xf])
-		} else {
-			dst = append(dst, c)
-		}
-		line += n
-		i++
-	}
-	return dst
-}
-
 // TestQuotedPrintableWordAtATime checks appendQP, which skips eight plain bytes at a time,
-// against the byte-wise encoder on long runs of plain text broken by every byte value that
-// ends a run, at every offset within a word.
+// against the same encoder testing one byte at a time, on long runs of plain text broken by
+// every byte value that ends a run, at every offset within a word.
 func TestQuotedPrintableWordAtATime(t *testing.T) {
 	for c := range 256 {
 		x := uint64(0x4141414141414141)
@@ -491,7 +439,7 @@ func TestQuotedPrintableWordAtATime(t *testing.T) {
 				src[i] = byte('a' + rng()%26)
 			}
 		}
-		if got, want := appendQP(nil, src), appendQPBytewise(nil, src); !bytes.Equal(got, want) {
+		if got, want := appendQP(nil, src), appendQPWords(nil, src, false); !bytes.Equal(got, want) {
 			t.Fatalf("appendQP(%q)\n = %q\nwant %q", src, got, want)
 		}
 	}
