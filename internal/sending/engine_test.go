@@ -73,20 +73,27 @@ func newFixture(t *testing.T, db *store.DB, n int, validity time.Duration) *fixt
 	return f
 }
 
-func (f *fixture) engine(t *testing.T, sender channel.Sender, node string, batch int) *Engine {
-	t.Helper()
+// testTracking returns the tracking links and return path of the test engines.
+func testTracking(tb testing.TB) (*tracking.Links, *ReturnPath) {
+	tb.Helper()
 	signer, err := tracking.NewSigner(tracking.Key{ID: 1, Secret: []byte("0123456789abcdef0123456789abcdef")})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	links, err := tracking.NewLinks("https://herald.example", signer)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	rp, err := NewReturnPath("bounce.example", []byte("return path secret!"))
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
+	return links, rp
+}
+
+func (f *fixture) engine(t *testing.T, sender channel.Sender, node string, batch int) *Engine {
+	t.Helper()
+	links, rp := testTracking(t)
 	e, err := New(Config{DB: f.db, Deliveries: f.del, Quarantine: f.quar, Sender: sender, Links: links, ReturnPath: rp,
 		NodeID: node, BatchSize: batch, Workers: 1, Clock: f.clk, WatchInterval: 10 * time.Millisecond, PollInterval: 10 * time.Millisecond})
 	if err != nil {

@@ -12,7 +12,6 @@ import (
 	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
-	"github.com/heraldhq/herald/internal/tracking"
 )
 
 // acceptSender accepts every message as Postfix does, naming a queue id.
@@ -54,18 +53,7 @@ func BenchmarkEngineStep(b *testing.B) {
 	if _, err := deliveries.Confirm(ctx, d.starter, d.id); err != nil {
 		b.Fatal(err)
 	}
-	signer, err := tracking.NewSigner(tracking.Key{ID: 1, Secret: []byte("0123456789abcdef0123456789abcdef")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	links, err := tracking.NewLinks("http://127.0.0.1", signer)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rp, err := NewReturnPath("bounce.bench.example", []byte("return path secret!"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	links, rp := testTracking(b)
 	e, err := New(Config{DB: db, Deliveries: deliveries, Quarantine: quarantine.NewService(db, clk, log), Sender: acceptSender{},
 		Links: links, ReturnPath: rp, NodeID: "bench", Clock: clk, Logger: log})
 	if err != nil {
