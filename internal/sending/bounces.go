@@ -300,7 +300,11 @@ func (a *BounceApplier) identify(envelopeTo []string, rep *bounce.Report) (logID
 	return 0, ""
 }
 
-const bounceRowColumns = `sl.id, sl.delivery_id, sl.profile_id, sl.address, sl.status, COALESCE(sl.failure_type, '')`
+// bounceRowColumns are the columns scanBounceRow reads, from sending_log sl. A row in flight
+// reads 'sending' on both engines.
+func bounceRowColumns(eng store.Engine) string {
+	return `sl.id, sl.delivery_id, sl.profile_id, sl.address, ` + statusSQL(eng, "sl", "sl.delivery_id") + `, COALESCE(sl.failure_type, '')`
+}
 
 // scanBounceRow reads one row; store.ErrNotFound when there is none.
 func scanBounceRow(row *sql.Row) (*bounceRow, error) {
@@ -317,7 +321,7 @@ func scanBounceRow(row *sql.Row) (*bounceRow, error) {
 
 // loadRow returns row id; store.ErrNotFound when there is none.
 func (a *BounceApplier) loadRow(ctx context.Context, tx *sql.Tx, id int64) (*bounceRow, error) {
-	return scanBounceRow(tx.QueryRowContext(ctx, `SELECT `+bounceRowColumns+` FROM sending_log sl WHERE sl.id = $1`, id))
+	return scanBounceRow(tx.QueryRowContext(ctx, `SELECT `+bounceRowColumns(a.db.Engine)+` FROM sending_log sl WHERE sl.id = $1`, id))
 }
 
 // findByRecipient returns the most recent email row sent to recipient within
@@ -328,7 +332,7 @@ func (a *BounceApplier) findByRecipient(ctx context.Context, tx *sql.Tx, recipie
 	if err != nil {
 		return nil, store.ErrNotFound
 	}
-	return scanBounceRow(tx.QueryRowContext(ctx, `SELECT `+bounceRowColumns+` FROM sending_log sl
+	return scanBounceRow(tx.QueryRowContext(ctx, `SELECT `+bounceRowColumns(a.db.Engine)+` FROM sending_log sl
 		JOIN deliveries d ON d.id = sl.delivery_id AND d.channel = 'email'
 		WHERE sl.profile_id IN (SELECT id FROM profiles WHERE email_key = $1) AND sl.sent_at >= $2
 		ORDER BY sl.sent_at DESC, sl.id DESC LIMIT 1`, key, now.Add(-BounceMatchWindow).UnixMilli()))

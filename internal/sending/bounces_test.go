@@ -304,10 +304,8 @@ func TestBounceRules(t *testing.T) {
 			t.Errorf("blocked: %+v, want the row failed and the address left valid", s)
 		}
 
-		// A row still in flight: try again later.
-		if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending' WHERE id = $1`, f.logID(t, a3)); err != nil {
-			t.Fatal(err)
-		}
+		// A row still in flight (in a batch in flight on SQLite): try again later.
+		putRowInFlight(t, db, f.logID(t, a3))
 		err := f.applier.Receive(ctx, []string{f.rp.Bounce(f.logID(t, a3))}, dsn(a3, bounce.ReasonUserUnknown, &hard, "failed"))
 		if !errors.Is(err, ErrBounceTooEarly) {
 			t.Errorf("bounce for a row in flight: %v, want ErrBounceTooEarly", err)

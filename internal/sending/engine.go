@@ -407,6 +407,13 @@ func (e *Engine) reclaimOwn(ctx context.Context) error {
 			return err
 		}
 		inFlight, _ = res.RowsAffected()
+		if e.sql.engine == store.SQLite {
+			n, err := recoverBatches(ctx, tx, `lease_owner = $1`, e.cfg.NodeID)
+			if err != nil {
+				return err
+			}
+			inFlight += n
+		}
 		res, err = tx.ExecContext(ctx, `UPDATE sending_log SET lease_owner = NULL, lease_until = NULL
 			WHERE lease_owner = $1 AND status = 'pending'`, e.cfg.NodeID)
 		if err != nil {
@@ -444,7 +451,11 @@ func (e *Engine) recoverExpired(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		n, err = res.RowsAffected()
+		if n, err = res.RowsAffected(); err != nil || e.sql.engine != store.SQLite {
+			return err
+		}
+		batched, err := recoverBatches(ctx, tx, `lease_until < $1`, now.UnixMilli())
+		n += batched
 		return err
 	})
 	if err != nil {

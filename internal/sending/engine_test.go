@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -167,6 +168,56 @@ func (f *fixture) count(t *testing.T, where string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// inFlight counts the delivery's rows in flight: in status sending, or in a batch in flight on
+// SQLite.
+func (f *fixture) inFlight(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := f.db.Read.QueryRow(inFlightCountSQL(f.db.Engine), f.id).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// leasedInFlight counts the delivery's rows in flight under a lease that ends after ms.
+func (f *fixture) leasedInFlight(t *testing.T, ms int64) int {
+	t.Helper()
+	q := `SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status = 'sending' AND lease_until > $2`
+	if f.db.Engine == store.SQLite {
+		q = `SELECT COALESCE(SUM(json_array_length(log_ids)), 0) FROM in_flight WHERE delivery_id = $1 AND lease_until > $2`
+	}
+	var n int
+	if err := f.db.Read.QueryRow(q, f.id, ms).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// putInFlight puts the rows of addresses in flight under owner's lease until ms, as the
+// engine's mark does: in status sending, or as one batch on SQLite.
+func (f *fixture) putInFlight(t *testing.T, owner string, ms int64, addresses ...string) {
+	t.Helper()
+	var ids []string
+	for _, a := range addresses {
+		var id int64
+		if err := f.db.Read.QueryRow(`SELECT id FROM sending_log WHERE delivery_id = $1 AND address = $2`, f.id, a).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, strconv.FormatInt(id, 10))
+	}
+	var err error
+	if f.db.Engine == store.SQLite {
+		_, err = f.db.Write.Exec(`INSERT INTO in_flight (delivery_id, lease_owner, lease_until, log_ids) VALUES ($1, $2, $3, $4)`,
+			f.id, owner, ms, "["+strings.Join(ids, ",")+"]")
+	} else {
+		_, err = f.db.Write.Exec(`UPDATE sending_log SET status = 'sending', lease_owner = $1, lease_until = $2
+			WHERE id IN (`+strings.Join(ids, ",")+`)`, owner, ms)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestSendsPersonalisedTrackedMessagesAndFinishes(t *testing.T) {
@@ -356,6 +407,28 @@ func TestPendingRowsExpireWhenValidityPasses(t *testing.T) {
 	})
 }
 
+// TestRowsInFlightDoNotExpire: when the validity passes while rows are in flight, only the
+// rows waiting in the queue expire; the delivery waits for the rows in flight, whose outcome
+// is not known yet.
+func TestRowsInFlightDoNotExpire(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, time.Hour)
+		f.putInFlight(t, "n9", f.clk.Now().Add(3*time.Hour).UnixMilli(), f.addrs[0])
+		e := f.engine(t, NewCaptureSender(db, f.clk), "n1", 10)
+		f.clk.Advance(2 * time.Hour)
+		drain(t, e)
+		if n := f.count(t, `status = 'failed' AND failure_reason = 'expired'`); n != 2 {
+			t.Fatalf("%d rows expired, want the 2 not in flight", n)
+		}
+		if n := f.inFlight(t); n != 1 {
+			t.Fatalf("%d rows in flight, want 1", n)
+		}
+		if s := f.state(t); s != delivery.Sending {
+			t.Fatalf("delivery is %s while a row is in flight, want sending", s)
+		}
+	})
+}
+
 func setState(t *testing.T, db *store.DB, id int64, s delivery.State) {
 	t.Helper()
 	if _, err := db.Write.Exec(`UPDATE deliveries SET state = $1 WHERE id = $2`, s, id); err != nil {
@@ -380,7 +453,7 @@ func TestPauseStopsWithinASecondAndResumeContinues(t *testing.T) {
 		waitFor(t, 5*time.Second, func() bool { return srv.Count() >= 2 })
 		setState(t, db, f.id, delivery.Paused)
 		paused := time.Now()
-		waitFor(t, 5*time.Second, func() bool { return f.count(t, `status = 'sending'`) == 0 })
+		waitFor(t, 5*time.Second, func() bool { return f.inFlight(t) == 0 })
 		if d := time.Since(paused); d > time.Second {
 			t.Errorf("the pause took %v to stop the batch", d)
 		}
@@ -445,13 +518,13 @@ func TestCrashMidBatchResendsOnlyInFlightRowsAsAmbiguous(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { _, err := dead.Step(context.Background()); done <- err }()
 		<-cs.crashed
-		if f.count(t, `status = 'sending'`) != batch {
+		if f.inFlight(t) != batch {
 			t.Fatalf("the batch was not marked in flight before it was sent")
 		}
 		// A second node does not touch the dead node's rows while its lease holds.
 		alive := f.engine(t, tr, "alive", batch)
 		drain(t, alive)
-		if f.count(t, `status = 'sending'`) != batch || f.count(t, `status = 'sent'`) != n-batch {
+		if f.inFlight(t) != batch || f.count(t, `status = 'sent'`) != n-batch {
 			t.Fatalf("rows under a live lease were taken")
 		}
 		f.clk.Advance(DefaultLease + time.Second)
@@ -495,7 +568,7 @@ func TestGracefulStopMidBatchLosesNothing(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		if f.count(t, `status = 'sending'`) != 0 || f.count(t, `ambiguous = TRUE`) != 0 {
+		if f.inFlight(t) != 0 || f.count(t, `ambiguous = TRUE`) != 0 {
 			t.Fatalf("a graceful stop left rows in flight or ambiguous")
 		}
 		next := f.engine(t, tr, "n2", 20)
@@ -584,9 +657,7 @@ func TestRestartTakesBackItsOwnRowsAtOnce(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 4, 84*time.Hour)
 		lease := f.clk.Now().Add(time.Hour).UnixMilli()
-		if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending', lease_owner = 'n1', lease_until = $1 WHERE address IN ($2, $3)`, lease, f.addrs[0], f.addrs[1]); err != nil {
-			t.Fatal(err)
-		}
+		f.putInFlight(t, "n1", lease, f.addrs[0], f.addrs[1])
 		if _, err := db.Write.Exec(`UPDATE sending_log SET lease_owner = 'n1', lease_until = $1 WHERE address = $2`, lease, f.addrs[2]); err != nil {
 			t.Fatal(err)
 		}
@@ -595,7 +666,11 @@ func TestRestartTakesBackItsOwnRowsAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		other.Stop()
-		if n := f.count(t, `lease_owner = 'n1'`); n != 3 {
+		held := f.count(t, `lease_owner = 'n1'`)
+		if db.Engine == store.SQLite {
+			held += f.inFlight(t) // its batch
+		}
+		if n := held; n != 3 {
 			t.Fatalf("another node took %d of n1's leased rows before their lease ran out", 3-n)
 		}
 		e := f.engine(t, NewCaptureSender(db, f.clk), "n1", 10)
@@ -611,6 +686,44 @@ func TestRestartTakesBackItsOwnRowsAtOnce(t *testing.T) {
 			t.Fatalf("%d rows ambiguous, want the 2 that were in flight", n)
 		}
 	})
+}
+
+// TestRowsLeftSendingByAnOlderVersionComeBack: on SQLite, rows an older version left in status
+// sending (it had no batches) come back as ambiguous like the rows of a batch: at a restart
+// under the same node id, or once their lease has run out.
+func TestRowsLeftSendingByAnOlderVersionComeBack(t *testing.T) {
+	db := storetest.New(t, store.SQLite)
+	f := newFixture(t, db, 4, 84*time.Hour)
+	lease := f.clk.Now().Add(time.Hour).UnixMilli()
+	if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending', lease_owner = 'n1', lease_until = $1 WHERE address IN ($2, $3)`, lease, f.addrs[0], f.addrs[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending', lease_owner = 'gone', lease_until = $1 WHERE address = $2`, lease, f.addrs[2]); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.inFlight(t); n != 3 {
+		t.Fatalf("%d rows in flight, want 3", n)
+	}
+	e := f.engine(t, NewCaptureSender(db, f.clk), "n1", 10)
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.Stop()
+	if n := f.count(t, `ambiguous AND status = 'pending'`); n != 2 {
+		t.Fatalf("%d rows taken back at the restart, want n1's 2", n)
+	}
+	drain(t, e)
+	if n := f.count(t, `status = 'sent'`); n != 3 {
+		t.Fatalf("%d rows sent while another node's lease holds, want 3", n)
+	}
+	f.clk.Advance(time.Hour + time.Second)
+	drain(t, e)
+	if n := f.count(t, `status = 'sent'`); n != 4 {
+		t.Fatalf("%d rows sent after the lease ran out, want 4", n)
+	}
+	if n := f.count(t, `ambiguous`); n != 3 {
+		t.Fatalf("%d rows ambiguous, want the 3 that were in flight", n)
+	}
 }
 
 // blockingSender holds every Send until released, like a very slow server.
@@ -649,7 +762,7 @@ func TestLeaseRenewedWhileSendIsSlow(t *testing.T) {
 		for range 3 {
 			f.clk.Advance(DefaultLease / 2) // 1.5 leases in all: the first lease has run out
 			deadline := time.Now().Add(5 * time.Second)
-			for f.count(t, fmt.Sprintf(`status = 'sending' AND lease_until > %d`, f.clk.Now().UnixMilli()+DefaultLease.Milliseconds()/2)) != 3 {
+			for f.leasedInFlight(t, f.clk.Now().UnixMilli()+DefaultLease.Milliseconds()/2) != 3 {
 				if time.Now().After(deadline) {
 					t.Fatal("the lease of the rows in flight was not renewed")
 				}

@@ -93,13 +93,13 @@ func (l *Logs) List(ctx context.Context, deliveryID int64, f LogFilter, after in
 		args = append(args, v)
 		return "$" + strconv.Itoa(len(args))
 	}
-	q := `SELECT id, profile_id, address, status, attempts, failure_type, failure_reason, smtp_code, enhanced_code,
-		ambiguous, sent_at, first_open_at, first_click_at FROM sending_log WHERE delivery_id = $1 AND id > $2`
+	q := `SELECT id, profile_id, address, ` + statusSQL(l.db.Engine, "sending_log", "$1") + `, attempts, failure_type, failure_reason,
+		smtp_code, enhanced_code, ambiguous, sent_at, first_open_at, first_click_at FROM sending_log WHERE delivery_id = $1 AND id > $2`
 	if f.Status != "" {
 		if !slices.Contains(LogStatuses, f.Status) {
 			return LogPage{}, problem.Invalidf("status", "status %q is not one of %s", f.Status, strings.Join(LogStatuses, ", "))
 		}
-		q += ` AND status = ` + arg(f.Status)
+		q += ` AND ` + statusIs(l.db.Engine, "sending_log", "$1", f.Status, arg)
 	}
 	if f.Reason != "" {
 		// substr, not LIKE: the same case-sensitive prefix on both engines, with no wildcards to escape.
@@ -200,7 +200,7 @@ type HistoryPage struct {
 // filter an Invalid one.
 func (l *Logs) History(ctx context.Context, profileID int64, filter string, after int64, limit int) (HistoryPage, error) {
 	limit = pageSize(limit)
-	q := `SELECT s.id, s.delivery_id, d.name, d.channel, s.address, s.status, s.failure_type, s.failure_reason,
+	q := `SELECT s.id, s.delivery_id, d.name, d.channel, s.address, ` + statusSQL(l.db.Engine, "s", "") + `, s.failure_type, s.failure_reason,
 		s.sent_at, s.first_open_at, s.first_click_at,
 		(SELECT COUNT(*) FROM tracking_events e WHERE e.log_id = s.id AND e.kind = 'open'),
 		(SELECT COUNT(*) FROM tracking_events e WHERE e.log_id = s.id AND e.kind = 'click')

@@ -48,6 +48,8 @@ func seedLogs(t *testing.T, db *store.DB) map[string]int64 {
 	row("ann-sms", 2, 10, "+33600000010", "failed", "user_unknown: bad number", nil, nil, nil)
 	row("dan", 1, 12, "dan@sub.example.com", "pending", "", nil, nil, nil)
 	row("eve", 1, 10, "eve_x@ex%ample.com", "sent", "", 1300, 1400, nil)
+	row("fay", 1, 11, "fay@f.example", "pending", "", nil, nil, nil)
+	putRowInFlight(t, db, ids["fay"])
 	for _, e := range []struct {
 		row, kind string
 		link      any
@@ -56,6 +58,23 @@ func seedLogs(t *testing.T, db *store.DB) map[string]int64 {
 			FROM sending_log WHERE id = $1`, ids[e.row], e.kind, e.link)
 	}
 	return ids
+}
+
+// putRowInFlight puts sending-log row id in flight as the engine does: in status sending, or
+// pending in a batch in flight on SQLite.
+func putRowInFlight(t *testing.T, db *store.DB, id int64) {
+	t.Helper()
+	qs := []string{`UPDATE sending_log SET status = 'sending', lease_owner = 'n1', lease_until = 0 WHERE id = $1`}
+	if db.Engine == store.SQLite {
+		qs = []string{`UPDATE sending_log SET status = 'pending' WHERE id = $1`,
+			`INSERT INTO in_flight (delivery_id, lease_owner, lease_until, log_ids)
+			SELECT delivery_id, 'n1', 0, json_array(id) FROM sending_log WHERE id = $1`}
+	}
+	for _, q := range qs {
+		if _, err := db.Write.Exec(q, id); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func TestLogsList(t *testing.T) {
@@ -93,7 +112,9 @@ func TestLogsList(t *testing.T) {
 			f    LogFilter
 			want string
 		}{
-			{LogFilter{}, "ann bob cy dan eve"},
+			{LogFilter{}, "ann bob cy dan eve fay"},
+			{LogFilter{Status: "sending"}, "fay"},
+			{LogFilter{Status: "pending"}, "dan"},
 			{LogFilter{Status: "failed"}, "bob cy"},
 			{LogFilter{Status: "delivered"}, "ann"},
 			{LogFilter{Status: "cancelled"}, ""},
@@ -125,6 +146,9 @@ func TestLogsList(t *testing.T) {
 		p, err = l.List(ctx, 1, LogFilter{Status: "delivered"}, 0, 0)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if all, err := l.List(ctx, 1, LogFilter{}, 0, 0); err != nil || all.Entries[len(all.Entries)-1].Status != "sending" {
+			t.Errorf("a row in flight: %+v, %v; want status sending", all.Entries[len(all.Entries)-1], err)
 		}
 		if e := p.Entries[0]; e.FailureReason != nil || e.FirstOpenAt.UnixMilli() != 2000 || e.FirstClickAt.UnixMilli() != 3000 {
 			t.Errorf("delivered row: %+v", e)
@@ -184,6 +208,9 @@ func TestLogsHistory(t *testing.T) {
 		}
 		if e := p.Entries[1]; *e.FailureReason != "user_unknown: bad number" || e.SentAt != nil || e.Address != "+33600000010" {
 			t.Errorf("failed entry: %+v", e)
+		}
+		if p, err := l.History(ctx, 11, "", 0, 0); err != nil || p.Entries[len(p.Entries)-1].Status != "sending" {
+			t.Errorf("history of profile 11: %+v, %v; want its row in flight last, status sending", p.Entries, err)
 		}
 		// The mirror URL names the row: its token verifies to the row and delivery.
 		tok := strings.TrimPrefix(p.Entries[0].MirrorURL, "https://herald.example"+tracking.PathMirror)

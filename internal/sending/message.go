@@ -181,13 +181,12 @@ type batch struct {
 	msgs   []channel.Message
 	out    []channel.Outcome
 	failed []failedRow
+	// flight is the id of the batch in flight on SQLite (journal.go), 0 on PostgreSQL.
+	flight int64
 }
 
 // keep drops the messages whose row is not in marked: another worker moved it first.
 func (b *batch) keep(marked map[int64]bool) {
-	if len(marked) == len(b.msgs) {
-		return
-	}
 	n := 0
 	for i := range b.msgs {
 		if marked[b.msgs[i].ID] {

@@ -48,7 +48,7 @@ func ProgressOf(ctx context.Context, db *store.DB, clk clock.Clock, id int64) (P
 		q   string
 		dst *int64
 	}{
-		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status = 'sending'`, &inFlight},
+		{inFlightCountSQL(db.Engine), &inFlight},
 		{`SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND sent_at > $2`, &recent},
 		// noIndex keeps SQLite on sending_log_ambiguous instead of the status index, which
 		// would read every sent row.

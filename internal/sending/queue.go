@@ -56,6 +56,11 @@ func (q *queries) setLeaseQueries() {
 	inFlight := inFlightSQL(q.engine)
 	const back = `UPDATE sending_log SET status = 'pending', ambiguous = TRUE, lease_owner = NULL, lease_until = NULL WHERE `
 	q.renew = `UPDATE sending_log SET lease_until = $1 WHERE ` + inFlight + ` AND lease_until < $2 AND lease_owner = $3`
+	if q.engine == store.SQLite {
+		// Rows are in flight by batch there (journal.go); no row is in status sending under
+		// this node's lease.
+		q.renew = `UPDATE in_flight SET lease_until = $1 WHERE lease_until < $2 AND lease_owner = $3`
+	}
 	q.recoverExpired = back + inFlight + ` AND lease_until < $1`
 	q.reclaimInFlight = back + inFlight + ` AND lease_owner = $1`
 }
@@ -92,8 +97,11 @@ func queriesFor(eng store.Engine) queries {
 	}
 	q := queries{
 		engine: eng,
+		// Rows of batches in flight are pending too: they are left out here, or a worker would
+		// read and render them again and again while the batches are out.
 		pick: `SELECT id, profile_id, address, attempts, ambiguous FROM sending_log WHERE delivery_id = $1 AND status = 'pending'
 			AND id > $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $3) AND (lease_until IS NULL OR lease_until < $3)
+			AND id NOT IN ` + flightIDs("$1") + `
 			ORDER BY id LIMIT $4`,
 		// The batch is parsed once into a materialised table, then joined by primary key: with
 		// json_each in the FROM of the UPDATE itself, SQLite may scan sending_log and evaluate
@@ -109,7 +117,7 @@ func queriesFor(eng store.Engine) queries {
 			enhanced_code = j.e, provider_id = j.p, ambiguous = j.amb, sent_at = j.t,
 			lease_owner = NULL, lease_until = NULL
 			FROM j
-			WHERE sending_log.id = j.id AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'
+			WHERE sending_log.id = j.id AND ` + batchRowSQL + `
 			RETURNING sending_log.id`,
 		// Each element is "id provider": splitting a string costs less than reading a JSON
 		// object, and most rows of a batch take this path.
@@ -117,15 +125,20 @@ func queriesFor(eng store.Engine) queries {
 				nullif(substr(value, instr(value, ' ') + 1), '') AS p FROM json_each($1))
 			UPDATE sending_log SET ` + sentSet + `, provider_id = j.p
 			FROM j
-			WHERE sending_log.id = j.id AND sending_log.lease_owner = $2 AND sending_log.status = 'sending'
+			WHERE sending_log.id = j.id AND ` + batchRowSQL + `
 			RETURNING sending_log.id`,
 		writeSentIDs: `UPDATE sending_log SET ` + sentSet + `, provider_id = NULL
-			WHERE id IN (SELECT value FROM json_each($1)) AND +lease_owner = $2 AND +status = 'sending'
+			WHERE id IN (SELECT value FROM json_each($1)) AND (+lease_owner IS NULL OR +lease_owner = $2) AND +status = 'pending'
 			RETURNING id`,
 	}
 	q.setLeaseQueries()
 	return q
 }
+
+// batchRowSQL is the condition on a row of a SQLite batch in flight, which the write-back
+// statements (with the node's id as $2) apply to: it is still pending (journal.go). The batch
+// itself, deleted in the same transaction, is what makes it this node's.
+const batchRowSQL = `(sending_log.lease_owner IS NULL OR sending_log.lease_owner = $2) AND sending_log.status = 'pending'`
 
 // noIndex returns col so that SQLite does not pick an index on it: for a statement that names
 // its rows by id, SQLite may otherwise walk the status index over every pending row of every
@@ -252,21 +265,21 @@ func scanRows(rows *sql.Rows) ([]row, error) {
 	return out, rows.Err()
 }
 
-// markInFlight moves the claimed rows among ids to status sending under this node's lease,
-// in a committed transaction, unless the delivery stopped sending meanwhile, and returns the
-// ids it moved. On SQLite a row still pending is this worker's to move, whoever else read
-// it; a row another worker moved first is not among the ids returned.
-func (e *Engine) markInFlight(ctx context.Context, deliveryID int64, ids []int64) (map[int64]bool, error) {
-	set, arg := e.sql.idSet(ids, 3)
-	mine := e.sql.noIndex("lease_owner") + ` = $1`
+// markInFlight puts the claimed rows among ids in flight under this node's lease, in a
+// committed transaction, unless the delivery stopped sending meanwhile, and returns the ids it
+// put there and, on SQLite, the id of their batch (journal.go). On PostgreSQL the rows move to
+// status sending. On SQLite a row still pending and in no batch is this worker's to take,
+// whoever else read it; a row another worker took first is not among the ids returned.
+func (e *Engine) markInFlight(ctx context.Context, deliveryID int64, ids []int64) (map[int64]bool, int64, error) {
 	if e.sql.engine == store.SQLite {
-		mine = `(` + e.sql.noIndex("lease_owner") + ` IS NULL OR ` + mine + `)`
+		return e.markBatch(ctx, deliveryID, ids)
 	}
+	set, arg := e.sql.idSet(ids, 3)
 	marked := make(map[int64]bool, len(ids))
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
 		clear(marked)
 		rows, err := tx.QueryContext(ctx, `UPDATE sending_log SET status = 'sending', lease_owner = $1, lease_until = $2
-			WHERE `+mine+` AND `+e.sql.noIndex("status")+` = 'pending' AND id IN `+set+`
+			WHERE lease_owner = $1 AND status = 'pending' AND id IN `+set+`
 			AND EXISTS (SELECT 1 FROM deliveries WHERE id = $4 AND state IN ('sending', 'retrying'))
 			RETURNING id`,
 			e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID)
@@ -276,9 +289,9 @@ func (e *Engine) markInFlight(ctx context.Context, deliveryID int64, ids []int64
 		return readIDs(rows, marked)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mark %d rows of delivery %d in flight: %w", len(ids), deliveryID, err)
+		return nil, 0, fmt.Errorf("mark %d rows of delivery %d in flight: %w", len(ids), deliveryID, err)
 	}
-	return marked, nil
+	return marked, 0, nil
 }
 
 // release gives claimed rows back to the queue untouched. On SQLite a claim leases nothing.
@@ -303,34 +316,29 @@ func (e *Engine) process(ctx context.Context, w *worker, d activeDelivery, rows 
 		_ = e.release(wctx, ids(rows))
 		return err
 	}
-	var sendIDs []int64
+	// Rows that failed before sending (render errors) go in flight with the rest, so that the
+	// write-back's check that they are still this node's holds for them too.
+	markIDs := make([]int64, 0, len(b.msgs)+len(b.failed))
 	for i := range b.msgs {
-		sendIDs = append(sendIDs, b.msgs[i].ID)
+		markIDs = append(markIDs, b.msgs[i].ID)
 	}
-	if len(sendIDs) > 0 {
-		marked, err := e.markInFlight(ctx, d.id, sendIDs)
-		if err != nil {
-			_ = e.release(wctx, ids(rows))
-			return err
-		}
-		if len(marked) == 0 { // paused or stopped since the claim, or another worker's
-			return e.release(wctx, ids(rows))
-		}
-		b.keep(marked)
+	for _, f := range b.failed {
+		markIDs = append(markIDs, f.row.id)
 	}
-	// Rows that failed before sending (render errors) are marked in flight with the rest so
-	// that the write-back's lease check holds for them too.
-	if len(b.failed) > 0 {
-		fids := make([]int64, len(b.failed))
-		for i, f := range b.failed {
-			fids[i] = f.row.id
-		}
-		marked, err := e.markInFlight(wctx, d.id, fids)
-		if err != nil {
-			return err
-		}
-		b.failed = slices.DeleteFunc(b.failed, func(f failedRow) bool { return !marked[f.row.id] })
+	if len(markIDs) == 0 {
+		return nil
 	}
+	marked, batchID, err := e.markInFlight(ctx, d.id, markIDs)
+	if err != nil {
+		_ = e.release(wctx, ids(rows))
+		return err
+	}
+	if len(marked) == 0 { // paused or stopped since the claim, or another worker's
+		return e.release(wctx, ids(rows))
+	}
+	b.flight = batchID
+	b.keep(marked)
+	b.failed = slices.DeleteFunc(b.failed, func(f failedRow) bool { return !marked[f.row.id] })
 	if len(b.msgs) > 0 {
 		sctx, cancel := context.WithCancel(ctx)
 		f := &flight{cancel: cancel}
@@ -448,6 +456,17 @@ func (e *Engine) writeBack(ctx context.Context, d activeDelivery, b *batch) erro
 		}
 	}
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
+		if b.flight != 0 {
+			mine, err := e.endBatch(ctx, tx, b.flight)
+			if err != nil {
+				return err
+			}
+			if !mine {
+				e.log.Warn("the batch's lease ran out and its rows went back to the queue as ambiguous; its outcomes here are dropped",
+					"delivery", d.id, "rows", len(results))
+				return nil
+			}
+		}
 		written := make(map[int64]bool, len(results))
 		for _, g := range groups {
 			if err := e.writeSent(ctx, tx, g, now.UnixMilli(), written); err != nil {
@@ -625,9 +644,13 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 	ms := now.UnixMilli()
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
 		if !d.validUntil.IsZero() && !now.Before(d.validUntil) {
+			notInFlight := ""
+			if e.sql.engine == store.SQLite {
+				notInFlight = ` AND id NOT IN ` + flightIDs("$1")
+			}
 			res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'failed', failure_type = 'soft',
 				failure_reason = 'expired', next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
-				WHERE delivery_id = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $2)`, d.id, ms)
+				WHERE delivery_id = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $2)`+notInFlight, d.id, ms)
 			if err != nil {
 				return err
 			}
@@ -662,6 +685,11 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
+		}
+		if e.sql.engine == store.SQLite && inFlight == 0 {
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM in_flight WHERE delivery_id = $1`, d.id).Scan(&inFlight); err != nil {
+				return err
+			}
 		}
 		if inFlight > 0 {
 			return nil

@@ -1,6 +1,7 @@
 package sending
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 
@@ -8,31 +9,60 @@ import (
 	"github.com/heraldhq/herald/internal/store/storetest"
 )
 
+// queryPlan returns SQLite's plan of stmt, one step a line.
+func queryPlan(t *testing.T, db *store.DB, stmt string, args ...any) string {
+	t.Helper()
+	rows, err := db.Read.Query(`EXPLAIN QUERY PLAN `+stmt, args...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stmt)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	return strings.Join(plan, "\n")
+}
+
+// scansLog matches a plan step that reads the whole sending log.
+var scansLog = regexp.MustCompile(`(?m)^SCAN (sending_log|s)( |$)`)
+
 // TestInFlightStatementsUseAnIndex: the statements that find rows in flight across all
 // deliveries (lease renewal, recovery of expired leases, a restart's reclaim) run every few
-// seconds, so on SQLite, which keeps no index of rows in flight, they must search the status
-// index delivery by delivery and never scan the sending log.
+// seconds, and those of a batch run for every batch, so on SQLite, which keeps no index of
+// rows in flight, none of them may scan the sending log: rows left in status sending by an
+// older version are found through the status index delivery by delivery, the rows of a batch
+// in flight by id.
 func TestInFlightStatementsUseAnIndex(t *testing.T) {
 	db := storetest.New(t, store.SQLite)
 	q := queriesFor(store.SQLite)
-	for name, stmt := range map[string]string{"renew": q.renew, "recoverExpired": q.recoverExpired, "reclaimInFlight": q.reclaimInFlight} {
-		rows, err := db.Read.Query(`EXPLAIN QUERY PLAN `+stmt, 1, 2, "node")
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
+	set, list := q.idSet([]int64{1, 2, 3}, 3)
+	for _, c := range []struct {
+		name, stmt string
+		args       []any
+		want       string
+	}{
+		{"recoverExpired", q.recoverExpired, []any{1}, "SEARCH sending_log USING INDEX sending_log_status"},
+		{"reclaimInFlight", q.reclaimInFlight, []any{"node"}, "SEARCH sending_log USING INDEX sending_log_status"},
+		{"renew", q.renew, []any{1, 2, "node"}, "SCAN in_flight"},
+		{"pick", q.pick, []any{1, 0, 2, 500}, "SEARCH sending_log USING INDEX sending_log_status"},
+		{"markBatch", markBatchSQL(set), []any{"node", 2, list, 1}, "SEARCH s USING INTEGER PRIMARY KEY"},
+		{"recoverBatchRows", recoverBatchRowsSQL(`lease_until < $1`), []any{1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
+		{"writeSentIDs", q.writeSentIDs, []any{"[1]", "node", 250, "2.0.0", 1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
+		{"writeSent", q.writeSent, []any{`["1 q"]`, "node", 250, "2.0.0", 1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
+		{"writeBack", q.writeBack, []any{`[{"id":1}]`, "node"}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
+	} {
+		plan := queryPlan(t, db, c.stmt, c.args...)
+		if testing.Verbose() {
+			t.Logf("%s:\n%s", c.name, plan)
 		}
-		var plan []string
-		for rows.Next() {
-			var id, parent, unused int
-			var detail string
-			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, detail)
-		}
-		rows.Close()
-		all := strings.Join(plan, "\n")
-		if !strings.Contains(all, "SEARCH sending_log USING INDEX sending_log_status") || strings.Contains(all, "SCAN sending_log") {
-			t.Errorf("%s does not search the status index:\n%s", name, all)
+		if !strings.Contains(plan, c.want) || scansLog.MatchString(plan) {
+			t.Errorf("%s: want %q and no scan of the sending log, got:\n%s", c.name, c.want, plan)
 		}
 	}
 }
