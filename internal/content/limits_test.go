@@ -3,6 +3,7 @@ package content
 import (
 	"bytes"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -229,5 +230,50 @@ func TestConditionalCommentsKept(t *testing.T) {
 	want := "<!--[if mso]><v:roundrect href=\"https://a.com/\"><![endif]-->\n\n<p>x</p>"
 	if string(m.HTML) != want {
 		t.Errorf("got  %q\nwant %q", m.HTML, want)
+	}
+}
+
+// TestTextMemoMatchesConversion: a converter that remembers its runs (textMemo) writes, for
+// every document, byte for byte what a converter that converts every run writes. The
+// documents repeat long runs in every state a run can start in (mid-line, after a link, after
+// breaks, in a list item, first in the document) and with entities, non-ASCII text and runs
+// of spaces, and there are enough of them for the memo to start over several times.
+func TestTextMemoMatchesConversion(t *testing.T) {
+	runs := []string{
+		"Spring is here and so are the new collections: light jackets, linen shirts and shoes for long walks.",
+		"  Members get early access\tand free returns for thirty days,   whatever the size of the order.  ",
+		"Fish &amp; chips &lt;3 for everyone &eacute;t&eacute;&nbsp;! &#8364; 12 and more, all summer long at the shop.",
+		"Été à Paris : des robes légères, des chemises en lin et des chaussures pour marcher longtemps — déjà là.",
+		"averyveryveryverylongwordthatcannotbewrappedanywhereatallbecauseithasnospaceinsideitwhatsoever and a tail",
+		",and a run that starts with punctuation right after a link, which must not get a space before it....",
+		"\n\n   \n  leading and trailing white space around a short sentence that is long enough to remember   \n",
+		"\n" + strings.Repeat(" ", 60) + "\n\t\t",
+	}
+	// Mostly block tags, as in real messages, which is where runs repeat in the same state.
+	tags := []string{"<p>", "</p>", "<br>", "<li>", "<h1>", "</h1>", "<div>", "<p>", "</p>", "<br>", "<li>", "<h1>", "</h1>", "<div>",
+		"<ul>", "</ul>", "<ol>", "</ol>", "</div>", `<a href="https://shop.example/x?a=1&amp;b=2">`, "</a>",
+		`<img src="x.png" alt="Logo of the shop">`, "<td>", "<b>", "</b>", " ", "word"}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var memo, plain textConverter
+	plain.memo.off = true
+	var got, want bytes.Buffer
+	for doc := range 3000 {
+		var html strings.Builder
+		for range 1 + rng.IntN(30) {
+			html.WriteString(tags[rng.IntN(len(tags))])
+			if rng.IntN(3) > 0 {
+				html.WriteString(runs[rng.IntN(len(runs))])
+			}
+		}
+		got.Reset()
+		want.Reset()
+		memo.convert(&got, []byte(html.String()))
+		plain.convert(&want, []byte(html.String()))
+		if got.String() != want.String() {
+			t.Fatalf("document %d %q:\nmemo  %q\nplain %q", doc, html.String(), got.String(), want.String())
+		}
+	}
+	if memo.memo.hits < 10000 || plain.memo.hits != 0 {
+		t.Fatalf("the memo replayed %d runs (and %d with it off): the test does not exercise it", memo.memo.hits, plain.memo.hits)
 	}
 }

@@ -56,10 +56,89 @@ type textConverter struct {
 	scratch   []byte
 	tmp       []byte
 	name      [16]byte
+	// memo remembers what long text runs became (see textMemo); it outlives convert.
+	memo textMemo
+}
+
+// textState is the part of a converter's state that a run of text reads and changes.
+type textState struct {
+	col, nl                   int
+	space, started, afterLink bool
+}
+
+func (c *textConverter) state() textState {
+	return textState{col: c.col, nl: c.nl, space: c.space, started: c.started, afterLink: c.afterLink}
+}
+
+func (c *textConverter) setState(s textState) {
+	c.col, c.nl, c.space, c.started, c.afterLink = s.col, s.nl, s.space, s.started, s.afterLink
+}
+
+// A run of text between two tags becomes the same text whenever the converter meets it in the
+// same state: its output depends on nothing else (text and what it calls read and write only
+// textState and append to w). Most of a message's text is the template's own, the same for
+// every recipient, so a converter that renders many messages remembers the long runs it
+// converted, keyed by their bytes and the state before, and replays the output and the state
+// after instead of decoding, splitting and wrapping them again.
+const (
+	memoMinRun   = 48       // shorter runs cost about what a lookup does
+	memoMaxBytes = 64 << 10 // remembered output and keys, beyond which the memo learns no more
+)
+
+type textMemo struct {
+	runs  map[string][]memoRun
+	bytes int
+	hits  int  // runs replayed, for tests
+	off   bool // convert every run, for the differential test
+}
+
+type memoRun struct {
+	before, after textState
+	out           []byte
+}
+
+// text adds a run of HTML text, through the memo when the run is long.
+func (c *textConverter) text(b []byte) {
+	if len(b) < memoMinRun || c.memo.off {
+		c.convertText(b)
+		return
+	}
+	before := c.state()
+	if before.nl > 0 && before.started {
+		// The run's first word writes the line breaks due and starts a line: where the last
+		// line ended, and whether a space or a link's end was due, change nothing.
+		before.col, before.space, before.afterLink = 0, false, false
+	}
+	for _, r := range c.memo.runs[string(b)] {
+		if r.before == before {
+			c.memo.hits++
+			c.w.Write(r.out)
+			c.setState(r.after)
+			return
+		}
+	}
+	start := c.w.Len()
+	c.convertText(b)
+	out := c.w.Bytes()[start:]
+	if len(out) == 0 {
+		return // only white space: its state after may depend on what the key left out
+	}
+	// A converter serves one template (Renderer), whose own runs its first messages teach the
+	// memo; runs that hold a recipient's fields, or that follow them on the same line, never
+	// repeat, and once they have filled the memo it keeps what it has.
+	if c.memo.bytes+len(b)+len(out) > memoMaxBytes {
+		return
+	}
+	if c.memo.runs == nil {
+		c.memo.runs = map[string][]memoRun{}
+	}
+	key := string(b)
+	c.memo.runs[key] = append(c.memo.runs[key], memoRun{before: before, after: c.state(), out: bytes.Clone(out)})
+	c.memo.bytes += len(b) + len(out)
 }
 
 func (c *textConverter) convert(w *bytes.Buffer, src []byte) {
-	*c = textConverter{w: w, lists: c.lists[:0], scratch: c.scratch[:0], href: c.href[:0], tmp: c.tmp[:0]}
+	*c = textConverter{w: w, lists: c.lists[:0], scratch: c.scratch[:0], href: c.href[:0], tmp: c.tmp[:0], memo: c.memo}
 	n := len(src)
 	i := 0
 	for i < n {
@@ -275,8 +354,8 @@ func (c *textConverter) put(b []byte) {
 	c.started = true
 }
 
-// text adds a run of HTML text: entities decoded, white space collapsed.
-func (c *textConverter) text(b []byte) {
+// convertText adds a run of HTML text: entities decoded, white space collapsed.
+func (c *textConverter) convertText(b []byte) {
 	b = c.decode(b)
 	for len(b) > 0 {
 		k := 0
