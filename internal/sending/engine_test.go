@@ -690,16 +690,25 @@ func TestRestartTakesBackItsOwnRowsAtOnce(t *testing.T) {
 
 // TestRowsLeftSendingByAnOlderVersionComeBack: on SQLite, rows an older version left in status
 // sending (it had no batches) come back as ambiguous like the rows of a batch: at a restart
-// under the same node id, or once their lease has run out.
+// under the same node id, or once their lease has run out. A pending row an older version
+// claimed (it leased claims) is sent once its lease has run out, whichever node claimed it.
 func TestRowsLeftSendingByAnOlderVersionComeBack(t *testing.T) {
 	db := storetest.New(t, store.SQLite)
-	f := newFixture(t, db, 4, 84*time.Hour)
+	f := newFixture(t, db, 5, 84*time.Hour)
 	lease := f.clk.Now().Add(time.Hour).UnixMilli()
-	if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending', lease_owner = 'n1', lease_until = $1 WHERE address IN ($2, $3)`, lease, f.addrs[0], f.addrs[1]); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending', lease_owner = 'gone', lease_until = $1 WHERE address = $2`, lease, f.addrs[2]); err != nil {
-		t.Fatal(err)
+	for _, q := range []struct {
+		set   string
+		addrs []string
+	}{
+		{`status = 'sending', lease_owner = 'n1'`, f.addrs[0:2]},
+		{`status = 'sending', lease_owner = 'gone'`, f.addrs[2:3]},
+		{`lease_owner = 'gone'`, f.addrs[4:5]},
+	} {
+		for _, a := range q.addrs {
+			if _, err := db.Write.Exec(`UPDATE sending_log SET `+q.set+`, lease_until = $1 WHERE address = $2`, lease, a); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	if n := f.inFlight(t); n != 3 {
 		t.Fatalf("%d rows in flight, want 3", n)
@@ -714,15 +723,18 @@ func TestRowsLeftSendingByAnOlderVersionComeBack(t *testing.T) {
 	}
 	drain(t, e)
 	if n := f.count(t, `status = 'sent'`); n != 3 {
-		t.Fatalf("%d rows sent while another node's lease holds, want 3", n)
+		t.Fatalf("%d rows sent while another node's leases hold, want 3", n)
 	}
 	f.clk.Advance(time.Hour + time.Second)
 	drain(t, e)
-	if n := f.count(t, `status = 'sent'`); n != 4 {
-		t.Fatalf("%d rows sent after the lease ran out, want 4", n)
+	if n := f.count(t, `status = 'sent'`); n != 5 {
+		t.Fatalf("%d rows sent after the leases ran out, want 5", n)
 	}
 	if n := f.count(t, `ambiguous`); n != 3 {
 		t.Fatalf("%d rows ambiguous, want the 3 that were in flight", n)
+	}
+	if n := f.count(t, `lease_owner IS NOT NULL OR lease_until IS NOT NULL`); n != 0 {
+		t.Fatalf("%d rows keep a lease after they were sent", n)
 	}
 }
 

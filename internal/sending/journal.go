@@ -91,12 +91,14 @@ func (e *Engine) markBatch(ctx context.Context, deliveryID int64, ids []int64) (
 }
 
 // markBatchSQL records a batch of the rows among set (a row source of ids) still pending and
-// in no batch of delivery $4, under lease owner $1 until $2.
+// in no batch of delivery $4, under lease owner $1 until $2. A row's own lease columns are not
+// looked at: on SQLite only an older version set them on pending rows (its claims), and the
+// pick has left out those whose lease still holds; the write-back clears them.
 func markBatchSQL(set string) string {
 	// An aggregate without GROUP BY yields a row even when nothing matched: HAVING drops it.
 	return `INSERT INTO in_flight (delivery_id, lease_owner, lease_until, log_ids)
 		SELECT $4, $1, $2, json_group_array(s.id) FROM sending_log s
-		WHERE s.id IN ` + set + ` AND +s.status = 'pending' AND (+s.lease_owner IS NULL OR +s.lease_owner = $1)
+		WHERE s.id IN ` + set + ` AND +s.status = 'pending'
 		AND s.id NOT IN ` + flightIDs("$4") + `
 		AND EXISTS (SELECT 1 FROM deliveries WHERE id = $4 AND state IN ('sending', 'retrying'))
 		HAVING COUNT(*) > 0

@@ -128,7 +128,7 @@ func queriesFor(eng store.Engine) queries {
 			WHERE sending_log.id = j.id AND ` + batchRowSQL + `
 			RETURNING sending_log.id`,
 		writeSentIDs: `UPDATE sending_log SET ` + sentSet + `, provider_id = NULL
-			WHERE id IN (SELECT value FROM json_each($1)) AND (+lease_owner IS NULL OR +lease_owner = $2) AND +status = 'pending'
+			WHERE id IN (SELECT value FROM json_each($1)) AND +status = 'pending'
 			RETURNING id`,
 	}
 	q.setLeaseQueries()
@@ -136,9 +136,9 @@ func queriesFor(eng store.Engine) queries {
 }
 
 // batchRowSQL is the condition on a row of a SQLite batch in flight, which the write-back
-// statements (with the node's id as $2) apply to: it is still pending (journal.go). The batch
-// itself, deleted in the same transaction, is what makes it this node's.
-const batchRowSQL = `(sending_log.lease_owner IS NULL OR sending_log.lease_owner = $2) AND sending_log.status = 'pending'`
+// statements apply to: it is still pending (journal.go). The batch itself, deleted in the same
+// transaction, is what makes it this node's; the node's id, $2 on PostgreSQL, goes unused.
+const batchRowSQL = `sending_log.status = 'pending'`
 
 // noIndex returns col so that SQLite does not pick an index on it: for a statement that names
 // its rows by id, SQLite may otherwise walk the status index over every pending row of every
