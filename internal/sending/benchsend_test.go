@@ -28,7 +28,7 @@ func TestBenchSendsEveryMessageAndMeasures(t *testing.T) {
 		t.Fatalf("message size, memory or CPU not measured: %+v", res)
 	}
 	// The messages pushed before the send are the size of those the engine then sent.
-	if d := math.Abs(float64(res.SampleBytes-res.MessageBytes)); d > 0.02*float64(res.MessageBytes) {
+	if d := math.Abs(float64(res.SampleBytes - res.MessageBytes)); d > 0.02*float64(res.MessageBytes) {
 		t.Fatalf("sampled messages of %d bytes, sent %d", res.SampleBytes, res.MessageBytes)
 	}
 	if profile.Len() == 0 {
