@@ -27,17 +27,22 @@ type queries struct {
 	// claim leases up to $5 due pending rows of delivery $3 to $1 until $2; $4 is now
 	// (PostgreSQL).
 	claim string
-	// pick reads up to $4 due pending rows of delivery $1 after id $2; $3 is now (SQLite).
+	// pick reads up to $4 due pending rows of delivery $1 after id $2, none of a batch in
+	// flight; $3 is now (SQLite).
 	pick string
-	// writeBack applies the outcomes in $1 to rows in flight under lease owner $2.
+	// writeBack applies the outcomes in $1 to rows in flight under lease owner $2 (on SQLite,
+	// to rows of a batch in flight, which the write-back deletes first; $2 goes unused).
 	writeBack string
 	// writeSent and writeSentIDs mark sent, at $5 with reply code $3 and enhanced code $4, the
-	// rows in $1 in flight under lease owner $2: writeSentIDs takes their ids; writeSent takes
-	// each id with its provider id ("id provider" strings on SQLite, two arrays on PostgreSQL).
+	// rows in $1 in flight under lease owner $2, as writeBack does: writeSentIDs takes their
+	// ids; writeSent takes each id with its provider id ("id provider" strings on SQLite, two
+	// arrays on PostgreSQL).
 	writeSent, writeSentIDs string
-	// renew extends to $1 the lease of the rows in flight under owner $3 whose lease ends
-	// before $2; recoverExpired returns to the queue, as ambiguous, the rows in flight whose
-	// lease ended before $1; reclaimInFlight does so for the rows in flight under owner $1.
+	// renew extends to $1 the lease of the rows (on SQLite, the batches) in flight under owner
+	// $3 whose lease ends before $2; recoverExpired returns to the queue, as ambiguous, the
+	// rows in status sending whose lease ended before $1; reclaimInFlight does so for the rows
+	// in status sending under owner $1. On SQLite, where only an older version left rows in
+	// status sending, recoverBatches does the same for the batches.
 	renew, recoverExpired, reclaimInFlight string
 }
 
