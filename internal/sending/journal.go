@@ -3,6 +3,7 @@ package sending
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -15,8 +16,8 @@ import (
 // flight reads 'sending' wherever the API shows or filters statuses (statusSQL, statusIs).
 // Moving every row to status sending and back cost three B-tree writes a message; the batch
 // costs one write per batch. PostgreSQL, whose nodes claim rows side by side under leases,
-// keeps the status. Rows an older version left in status sending are still recovered by
-// status on both engines (queries.recoverExpired, queries.reclaimInFlight).
+// keeps the status. Rows in status sending, PostgreSQL's or those an older version left on
+// SQLite, are recovered by status (queries.recoverExpired, queries.reclaimInFlight).
 
 // flightIDs is the SQL row source of the ids of the rows in flight by batch: of the delivery
 // the SQL expression delivery names, or of every delivery when it is "".
@@ -75,7 +76,7 @@ func (e *Engine) markBatch(ctx context.Context, deliveryID int64, ids []int64) (
 	var list string
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
 		err := tx.QueryRowContext(ctx, markBatchSQL(set), e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID).Scan(&batchID, &list)
-		if err == sql.ErrNoRows {
+		if errors.Is(err, sql.ErrNoRows) {
 			batchID, list = 0, "[]"
 			return nil
 		}
