@@ -116,6 +116,7 @@ type Engine struct {
 	clock   clock.Clock
 	log     *slog.Logger
 	sql     queries
+	stmts   prepared
 	compose *email.Composer
 
 	templates templateCache
@@ -179,12 +180,18 @@ func New(cfg Config) (*Engine, error) {
 	if domain == "" {
 		domain = "localhost"
 	}
+	q := queriesFor(cfg.DB.Engine)
+	stmts, err := prepare(context.Background(), cfg.DB, q)
+	if err != nil {
+		return nil, err
+	}
 	return &Engine{
 		cfg:      cfg,
 		db:       cfg.DB,
 		clock:    cfg.Clock,
 		log:      cfg.Logger,
-		sql:      queriesFor(cfg.DB.Engine),
+		sql:      q,
+		stmts:    stmts,
 		compose:  &email.Composer{Domain: domain, DKIM: cfg.DKIM, Clock: cfg.Clock},
 		inflight: map[int64]map[*flight]struct{}{},
 		cursors:  map[int64]int64{},
@@ -377,8 +384,7 @@ type activeDelivery struct {
 }
 
 func (e *Engine) activeDeliveries(ctx context.Context) ([]activeDelivery, error) {
-	rows, err := e.db.Read.QueryContext(ctx, `SELECT id, state, validity_until, prepared_hash FROM deliveries
-		WHERE state IN ('sending', 'retrying') AND channel = 'email' ORDER BY id`)
+	rows, err := e.readQuery(ctx, activeDeliveriesSQL)
 	if err != nil {
 		return nil, fmt.Errorf("list deliveries to send: %w", err)
 	}

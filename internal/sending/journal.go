@@ -3,7 +3,6 @@ package sending
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"strconv"
 
@@ -75,12 +74,18 @@ func (e *Engine) markBatch(ctx context.Context, deliveryID int64, ids []int64) (
 	var batchID int64
 	var list string
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, markBatchSQL(set), e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID).Scan(&batchID, &list)
-		if errors.Is(err, sql.ErrNoRows) {
-			batchID, list = 0, "[]"
-			return nil
+		rows, err := e.txQuery(ctx, tx, markBatchSQL(set), e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID)
+		if err != nil {
+			return err
 		}
-		return err
+		defer rows.Close()
+		batchID, list = 0, "[]"
+		if rows.Next() {
+			if err := rows.Scan(&batchID, &list); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("mark %d rows of delivery %d in flight: %w", len(ids), deliveryID, err)
@@ -132,7 +137,7 @@ func parseIDList(list string, set map[int64]bool) error {
 // whether it was still there: a batch whose lease ran out was taken back by recoverBatches,
 // and its rows are no longer this node's to write.
 func (e *Engine) endBatch(ctx context.Context, tx *sql.Tx, id int64) (bool, error) {
-	res, err := tx.ExecContext(ctx, `DELETE FROM in_flight WHERE id = $1 AND lease_owner = $2`, id, e.cfg.NodeID)
+	res, err := e.txExec(ctx, tx, endBatchSQL, id, e.cfg.NodeID)
 	if err != nil {
 		return false, err
 	}

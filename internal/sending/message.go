@@ -295,9 +295,8 @@ func (e *Engine) recipients(ctx context.Context, rows []row) (map[int64]content.
 	for i, r := range rows {
 		pids[i] = r.profileID
 	}
-	set, arg := e.sql.idSet(pids, 1)
-	q, err := e.db.Read.QueryContext(ctx, `SELECT id, email, phone, locale, time_zone, external_id, created_at, attributes
-		FROM profiles WHERE id IN `+set, arg)
+	_, arg := e.sql.idSet(pids, 1)
+	q, err := e.readQuery(ctx, recipientsSQL(e.sql), arg)
 	if err != nil {
 		return nil, fmt.Errorf("load %d recipients: %w", len(rows), err)
 	}

@@ -226,7 +226,7 @@ func (e *Engine) pick(ctx context.Context, deliveryID int64) ([]row, error) {
 	now := e.clock.Now().UnixMilli()
 	after := e.cursors[deliveryID]
 	for {
-		rows, err := e.db.Read.QueryContext(ctx, e.sql.pick, deliveryID, after, now, e.cfg.BatchSize)
+		rows, err := e.readQuery(ctx, e.sql.pick, deliveryID, after, now, e.cfg.BatchSize)
 		if err != nil {
 			return nil, fmt.Errorf("read rows of delivery %d to send: %w", deliveryID, err)
 		}
@@ -578,7 +578,7 @@ func (e *Engine) writeSent(ctx context.Context, tx *sql.Tx, g *sentGroup, ms int
 		_, ids = e.sql.idSet(g.ids, 1)
 	}
 	args[0] = ids
-	rows, err := tx.QueryContext(ctx, q, args...)
+	rows, err := e.txQuery(ctx, tx, q, args...)
 	if err != nil {
 		return err
 	}
@@ -588,7 +588,7 @@ func (e *Engine) writeSent(ctx context.Context, tx *sql.Tx, g *sentGroup, ms int
 // writeRows applies the encoded outcomes to the rows still in flight under this node's lease
 // and adds the ids it changed to written.
 func (e *Engine) writeRows(ctx context.Context, tx *sql.Tx, doc string, written map[int64]bool) error {
-	rows, err := tx.QueryContext(ctx, e.sql.writeBack, doc, e.cfg.NodeID)
+	rows, err := e.txQuery(ctx, tx, e.sql.writeBack, doc, e.cfg.NodeID)
 	if err != nil {
 		return err
 	}
@@ -624,8 +624,8 @@ func (e *Engine) erroneous(ctx context.Context, tx *sql.Tx, addresses []string) 
 			keys = append(keys, k)
 		}
 	}
-	set, arg := e.sql.strSet(keys, 1)
-	rows, err := tx.QueryContext(ctx, `SELECT address FROM quarantine WHERE channel = 'email' AND status = 'erroneous' AND address IN `+set, arg)
+	_, arg := e.sql.strSet(keys, 1)
+	rows, err := e.txQuery(ctx, tx, erroneousSQL(e.sql), arg)
 	if err != nil {
 		return nil, fmt.Errorf("find erroneous addresses: %w", err)
 	}
