@@ -305,7 +305,8 @@ func ceiling(ctx context.Context, relays []email.Relay, n, size, workers, batch 
 
 // sampleMessageBytes is the mean size of the messages the engine makes for the first n rows
 // of delivery id, read, rendered and built as a worker does (nothing is marked or sent): the
-// size of the ready-made messages the ceiling pushes before the send.
+// size of the ready-made messages the ceiling pushes before the send. It also loads the
+// delivery's templates into the engine's cache, a millisecond the timed send then saves.
 func sampleMessageBytes(ctx context.Context, e *Engine, id int64, n int) (int, error) {
 	var hash sql.NullString
 	if err := e.db.Read.QueryRowContext(ctx, `SELECT prepared_hash FROM deliveries WHERE id = $1`, id).Scan(&hash); err != nil {

@@ -181,7 +181,7 @@ func New(cfg Config) (*Engine, error) {
 		domain = "localhost"
 	}
 	q := queriesFor(cfg.DB.Engine)
-	stmts, err := prepare(context.Background(), cfg.DB, q)
+	stmts, err := prepareStatements(context.Background(), cfg.DB, q)
 	if err != nil {
 		return nil, err
 	}

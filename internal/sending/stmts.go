@@ -40,9 +40,9 @@ type prepared struct {
 	read, write map[string]*sql.Stmt
 }
 
-// prepare prepares the engine's statements for every batch on SQLite; on PostgreSQL it
+// prepareStatements prepares the engine's statements for every batch on SQLite; on PostgreSQL it
 // prepares nothing.
-func prepare(ctx context.Context, db *store.DB, q queries) (prepared, error) {
+func prepareStatements(ctx context.Context, db *store.DB, q queries) (prepared, error) {
 	p := prepared{read: map[string]*sql.Stmt{}, write: map[string]*sql.Stmt{}}
 	if db.Engine != store.SQLite {
 		return p, nil
