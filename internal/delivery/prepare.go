@@ -353,17 +353,15 @@ func (s *Service) prepare(ctx context.Context, actor auth.Principal, d Delivery,
 		// (5) The logs, in bulk.
 		reasonSQL, ruleSQL, spellArgs := cs.spell(2)
 		args := append([]any{d.ID}, spellArgs...)
-		pins, pinArgs := allocatorPins(eng, len(args)+1)
 		if _, err := tx.ExecContext(ctx, `INSERT INTO exclusion_log (delivery_id, profile_id, reason, rule)
-			SELECT $1, profile_id, `+reasonSQL+`, `+ruleSQL+` FROM `+prepTable+` WHERE code IS NOT NULL`+pins, append(args, pinArgs...)...); err != nil {
+			SELECT $1, profile_id, `+reasonSQL+`, `+ruleSQL+` FROM `+prepTable+` WHERE code IS NOT NULL`, args...); err != nil {
 			return fmt.Errorf("write the exclusion log of delivery %d: %w", d.ID, err)
 		}
 		to := Ready
-		pins, pinArgs = allocatorPins(eng, 2)
 		if len(l.Errors) > 0 {
 			to = PrepareFailed
 		} else if _, err := tx.ExecContext(ctx, `INSERT INTO sending_log (delivery_id, profile_id, address, status)
-			SELECT $1, profile_id, address, 'pending' FROM `+prepTable+` WHERE code IS NULL`+pins+` ORDER BY profile_id`, append([]any{d.ID}, pinArgs...)...); err != nil {
+			SELECT $1, profile_id, address, 'pending' FROM `+prepTable+` WHERE code IS NULL ORDER BY profile_id`, d.ID); err != nil {
 			return fmt.Errorf("write the sending log of delivery %d: %w", d.ID, err)
 		}
 		if eng == store.SQLite {

@@ -94,8 +94,3 @@ func idsFromJSON(eng store.Engine) string {
 	}
 	return `SELECT value FROM json_each($1)`
 }
-
-// allocatorPins is store.AllocatorPins: see there why bulk inserts bind them on SQLite.
-func allocatorPins(eng store.Engine, first int) (cond string, args []any) {
-	return store.AllocatorPins(eng, first)
-}

@@ -403,12 +403,10 @@ func (b *eventBatch) insert(ctx context.Context, tx *sql.Tx) error {
 	var err error
 	if b.eng == store.SQLite {
 		// Each row becomes JSONB once, so its eight fields are read from the binary form rather
-		// than the row's text being parsed for each; the pins keep page splits of the four
-		// indexes from mapping memory (store.AllocatorPins).
-		pins, args := store.AllocatorPins(b.eng, 2)
+		// than the row's text being parsed for each.
 		_, err = tx.ExecContext(ctx, `WITH r AS MATERIALIZED (SELECT jsonb(value) AS v FROM json_each($1))
 			INSERT INTO tracking_events (delivery_id, log_id, kind, link, at, user_agent, machine, why)
-			SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6, v->>7 FROM r WHERE TRUE`+pins, append([]any{string(append(b.json, ']'))}, args...)...)
+			SELECT v->>0, v->>1, v->>2, v->>3, v->>4, v->>5, v->>6, v->>7 FROM r`, string(append(b.json, ']')))
 	} else {
 		_, err = tx.ExecContext(ctx, `INSERT INTO tracking_events (delivery_id, log_id, kind, link, at, user_agent, machine, why)
 			SELECT d, l, k, NULLIF(li, -1), a, u, m, w
