@@ -14,6 +14,11 @@ import (
 // running it on a batch's rows, and modernc.org/sqlite keeps a prepared statement's compiled
 // form between runs. PostgreSQL's driver caches its statements itself. The statements live as
 // long as the engine (Step still runs after Stop), and close with the database.
+//
+// The driver resets a prepared statement's one compiled form when it runs again, so its rows
+// must be closed before the statement runs again on the same connection (within a write
+// transaction above all). Each statement here is read to the end and closed where it runs;
+// a statement run again while its rows are open does not belong here.
 
 // recipientsSQL reads the profiles of a batch, whose ids are $1 (an id set of idSet).
 func recipientsSQL(q queries) string {
