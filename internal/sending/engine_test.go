@@ -388,6 +388,66 @@ func TestSoftFailuresExpireAtValidity(t *testing.T) {
 	})
 }
 
+// TestRowsThatCannotBeBuiltFailWithTheirReason: a row whose profile's personal data was erased,
+// one whose profile was deleted, and one whose personalisation breaks the part size limit fail
+// at once, as hard failures with their reason, in the same batch as a row that is sent; the
+// live counters count them and the delivery finishes.
+func TestRowsThatCannotBeBuiltFailWithTheirReason(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 4, 84*time.Hour)
+		for _, q := range []struct {
+			sql string
+			arg any
+		}{
+			{`UPDATE sending_log SET address = '' WHERE delivery_id = $1 AND id = (SELECT MIN(id) FROM sending_log WHERE delivery_id = $1)`, f.id},
+			{`DELETE FROM profiles WHERE email = $1`, f.addrs[1]},
+			{`UPDATE profiles SET attributes = $1 WHERE email = '` + f.addrs[2] + `'`, `{"first":"` + strings.Repeat("x", 1<<20) + `"}`},
+		} {
+			if _, err := db.Write.Exec(q.sql, q.arg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		srv := smtptest.Start(t, smtptest.Options{})
+		e := f.engine(t, transport(t, srv), "n1", 10)
+		drain(t, e)
+		if got := srv.Count(); got != 1 {
+			t.Fatalf("server got %d messages, want the one that could be built", got)
+		}
+		rows, err := db.Read.Query(`SELECT status, COALESCE(failure_type, ''), COALESCE(failure_reason, '') FROM sending_log WHERE delivery_id = $1 ORDER BY id`, f.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var st, ft, reason string
+			if err := rows.Scan(&st, &ft, &reason); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, st+" "+ft+" "+reason)
+		}
+		rows.Close()
+		want := []string{"failed hard no address", "failed hard the profile no longer exists", "failed hard personalisation failed", "sent  "}
+		if len(got) != len(want) {
+			t.Fatalf("rows: %q", got)
+		}
+		for i := range want {
+			if !strings.HasPrefix(got[i], want[i]) {
+				t.Errorf("row %d: %q, want it to start with %q", i, got[i], want[i])
+			}
+		}
+		var delivered, other int64
+		if err := db.Read.QueryRow(`SELECT delivered, hard_bounces + soft_bounces + other_errors FROM delivery_stats WHERE delivery_id = $1`, f.id).Scan(&delivered, &other); err != nil || delivered != 1 || other != 3 {
+			t.Fatalf("live counters: delivered %d, failed %d (%v); want 1 and 3", delivered, other, err)
+		}
+		if s := f.state(t); s != delivery.Finished {
+			t.Fatalf("delivery is %s, want finished", s)
+		}
+		if n := f.inFlight(t); n != 0 {
+			t.Fatalf("%d rows left in flight", n)
+		}
+	})
+}
+
 func TestPendingRowsExpireWhenValidityPasses(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 2, time.Hour)
