@@ -581,6 +581,10 @@ func TestCrashMidBatchResendsOnlyInFlightRowsAsAmbiguous(t *testing.T) {
 		if f.inFlight(t) != batch {
 			t.Fatalf("the batch was not marked in flight before it was sent")
 		}
+		// Progress shows the batch as sending, the rest as pending.
+		if p, err := ProgressOf(context.Background(), db, f.clk, f.id); err != nil || p.Counts["sending"] != batch || p.Counts["pending"] != n-batch {
+			t.Fatalf("progress with a batch in flight: %+v %v", p.Counts, err)
+		}
 		// A second node does not touch the dead node's rows while its lease holds.
 		alive := f.engine(t, tr, "alive", batch)
 		drain(t, alive)
