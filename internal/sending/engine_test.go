@@ -448,6 +448,43 @@ func TestRowsThatCannotBeBuiltFailWithTheirReason(t *testing.T) {
 	})
 }
 
+// TestWorkersShareADeliveryWithoutSendingTwice: four workers on small batches read the queue
+// side by side, overlapping at the delivery's tail (on SQLite they read without claiming, so
+// two may read the same rows and only one marks them); every recipient receives exactly one
+// message and every row ends sent.
+func TestWorkersShareADeliveryWithoutSendingTwice(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		const n = 300
+		f := newFixture(t, db, n, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		links, rp := testTracking(t)
+		e, err := New(Config{DB: db, Deliveries: f.del, Quarantine: f.quar, Sender: transport(t, srv), Links: links, ReturnPath: rp,
+			NodeID: "n1", BatchSize: 7, Workers: 4, Clock: f.clk, WatchInterval: 10 * time.Millisecond, PollInterval: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Stop()
+		waitFor(t, 20*time.Second, func() bool { return f.state(t) == delivery.Finished })
+		got := map[string]int{}
+		for _, m := range srv.Messages() {
+			for _, to := range m.To {
+				got[to]++
+			}
+		}
+		for _, a := range f.addrs {
+			if got[a] != 1 {
+				t.Errorf("%s received %d messages, want 1", a, got[a])
+			}
+		}
+		if len(got) != n || f.count(t, `status = 'sent'`) != n || f.count(t, `ambiguous`) != 0 {
+			t.Fatalf("%d recipients reached, %d rows sent, %d ambiguous; want %d, %d, 0", len(got), f.count(t, `status = 'sent'`), f.count(t, `ambiguous`), n, n)
+		}
+	})
+}
+
 func TestPendingRowsExpireWhenValidityPasses(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 2, time.Hour)
