@@ -69,12 +69,12 @@ func inFlightCountSQL(eng store.Engine) string {
 // lease, those of ids still pending and in no other batch, unless the delivery stopped sending
 // meanwhile. It returns the ids it recorded and the batch's id (0 when none).
 func (e *Engine) markBatch(ctx context.Context, deliveryID int64, ids []int64) (map[int64]bool, int64, error) {
-	set, arg := e.sql.idSet(ids, 3)
+	_, arg := e.sql.idSet(ids, 3)
 	marked := make(map[int64]bool, len(ids))
 	var batchID int64
 	var list string
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
-		rows, err := e.txQuery(ctx, tx, markBatchSQL(set), e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID)
+		rows, err := e.txQuery(ctx, tx, e.sql.markBatch, e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID)
 		if err != nil {
 			return err
 		}

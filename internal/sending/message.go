@@ -296,7 +296,7 @@ func (e *Engine) recipients(ctx context.Context, rows []row) (map[int64]content.
 		pids[i] = r.profileID
 	}
 	_, arg := e.sql.idSet(pids, 1)
-	q, err := e.readQuery(ctx, recipientsSQL(e.sql), arg)
+	q, err := e.readQuery(ctx, e.sql.recipients, arg)
 	if err != nil {
 		return nil, fmt.Errorf("load %d recipients: %w", len(rows), err)
 	}

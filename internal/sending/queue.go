@@ -44,6 +44,9 @@ type queries struct {
 	// in status sending under owner $1. On SQLite, where only an older version left rows in
 	// status sending, recoverBatches does the same for the batches.
 	renew, recoverExpired, reclaimInFlight string
+	// recipients reads the profiles of a batch (ids in $1); erroneous reads which quarantine
+	// keys in $1 are erroneous; markBatch records a batch in flight (SQLite, see markBatchSQL).
+	recipients, erroneous, markBatch string
 }
 
 // inFlightSQL is the condition that selects the rows in flight (status sending) of every
@@ -54,6 +57,18 @@ func inFlightSQL(eng store.Engine) string {
 		return `status = 'sending'`
 	}
 	return `delivery_id IN (SELECT id FROM deliveries) AND status = 'sending'`
+}
+
+// setBatchQueries fills in the statements whose text is built from the engine's id sets.
+func (q *queries) setBatchQueries() {
+	ids, _ := q.idSet(nil, 1)
+	keys, _ := q.strSet(nil, 1)
+	q.recipients = `SELECT id, email, phone, locale, time_zone, external_id, created_at, attributes FROM profiles WHERE id IN ` + ids
+	q.erroneous = `SELECT address FROM quarantine WHERE channel = 'email' AND status = 'erroneous' AND address IN ` + keys
+	if q.engine == store.SQLite {
+		set, _ := q.idSet(nil, 3)
+		q.markBatch = markBatchSQL(set)
+	}
 }
 
 // setLeaseQueries fills in the statements on rows in flight.
@@ -98,6 +113,7 @@ func queriesFor(eng store.Engine) queries {
 				WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND status = 'sending' RETURNING id`,
 		}
 		q.setLeaseQueries()
+		q.setBatchQueries()
 		return q
 	}
 	q := queries{
@@ -137,6 +153,7 @@ func queriesFor(eng store.Engine) queries {
 			RETURNING id`,
 	}
 	q.setLeaseQueries()
+	q.setBatchQueries()
 	return q
 }
 
@@ -625,7 +642,7 @@ func (e *Engine) erroneous(ctx context.Context, tx *sql.Tx, addresses []string) 
 		}
 	}
 	_, arg := e.sql.strSet(keys, 1)
-	rows, err := e.txQuery(ctx, tx, erroneousSQL(e.sql), arg)
+	rows, err := e.txQuery(ctx, tx, e.sql.erroneous, arg)
 	if err != nil {
 		return nil, fmt.Errorf("find erroneous addresses: %w", err)
 	}

@@ -41,7 +41,7 @@ var scansLog = regexp.MustCompile(`(?m)^SCAN (sending_log|s)( |$)`)
 func TestInFlightStatementsUseAnIndex(t *testing.T) {
 	db := storetest.New(t, store.SQLite)
 	q := queriesFor(store.SQLite)
-	set, list := q.idSet([]int64{1, 2, 3}, 3)
+	_, list := q.idSet([]int64{1, 2, 3}, 3)
 	for _, c := range []struct {
 		name, stmt string
 		args       []any
@@ -51,7 +51,7 @@ func TestInFlightStatementsUseAnIndex(t *testing.T) {
 		{"reclaimInFlight", q.reclaimInFlight, []any{"node"}, "SEARCH sending_log USING INDEX sending_log_status"},
 		{"renew", q.renew, []any{1, 2, "node"}, "SCAN in_flight"},
 		{"pick", q.pick, []any{1, 0, 2, 500}, "SEARCH sending_log USING INDEX sending_log_status"},
-		{"markBatch", markBatchSQL(set), []any{"node", 2, list, 1}, "SEARCH s USING INTEGER PRIMARY KEY"},
+		{"markBatch", q.markBatch, []any{"node", 2, list, 1}, "SEARCH s USING INTEGER PRIMARY KEY"},
 		{"recoverBatchRows", recoverBatchRowsSQL(`lease_until < $1`), []any{1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
 		{"writeSentIDs", q.writeSentIDs, []any{"[1]", "node", 250, "2.0.0", 1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
 		{"writeSent", q.writeSent, []any{`["1 q"]`, "node", 250, "2.0.0", 1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},

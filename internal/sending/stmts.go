@@ -20,18 +20,6 @@ import (
 // transaction above all). Each statement here is read to the end and closed where it runs;
 // a statement run again while its rows are open does not belong here.
 
-// recipientsSQL reads the profiles of a batch, whose ids are $1 (an id set of idSet).
-func recipientsSQL(q queries) string {
-	set, _ := q.idSet(nil, 1)
-	return `SELECT id, email, phone, locale, time_zone, external_id, created_at, attributes FROM profiles WHERE id IN ` + set
-}
-
-// erroneousSQL reads which of the quarantine keys $1 (a set of strSet) are erroneous.
-func erroneousSQL(q queries) string {
-	set, _ := q.strSet(nil, 1)
-	return `SELECT address FROM quarantine WHERE channel = 'email' AND status = 'erroneous' AND address IN ` + set
-}
-
 // activeDeliveriesSQL lists the deliveries the engine sends.
 const activeDeliveriesSQL = `SELECT id, state, validity_until, prepared_hash FROM deliveries
 	WHERE state IN ('sending', 'retrying') AND channel = 'email' ORDER BY id`
@@ -52,14 +40,13 @@ func prepareStatements(ctx context.Context, db *store.DB, q queries) (prepared, 
 	if db.Engine != store.SQLite {
 		return p, nil
 	}
-	set, _ := q.idSet(nil, 3)
 	for _, s := range []struct {
 		pool  *sql.DB
 		into  map[string]*sql.Stmt
 		texts []string
 	}{
-		{db.Read, p.read, []string{q.pick, recipientsSQL(q), activeDeliveriesSQL}},
-		{db.Write, p.write, []string{markBatchSQL(set), endBatchSQL, q.writeSent, q.writeSentIDs, q.writeBack, erroneousSQL(q)}},
+		{db.Read, p.read, []string{q.pick, q.recipients, activeDeliveriesSQL}},
+		{db.Write, p.write, []string{q.markBatch, endBatchSQL, q.writeSent, q.writeSentIDs, q.writeBack, q.erroneous}},
 	} {
 		for _, text := range s.texts {
 			st, err := s.pool.PrepareContext(ctx, text)
