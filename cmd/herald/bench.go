@@ -14,7 +14,7 @@ import (
 func benchCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Measure Herald's throughput on this machine"}
 	var o sending.BenchOptions
-	var cpuProfile string
+	var cpuProfile, traceFile string
 	var asJSON bool
 	send := &cobra.Command{
 		Use:   "send",
@@ -39,6 +39,14 @@ process's, the in-process sink included; on a shared machine every figure is a l
 				defer f.Close()
 				o.CPUProfile = f
 			}
+			if traceFile != "" {
+				f, err := os.Create(traceFile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				o.Trace = f
+			}
 			o.Progress = cmd.ErrOrStderr()
 			res, err := sending.Bench(cmd.Context(), o)
 			if err != nil {
@@ -61,6 +69,7 @@ process's, the in-process sink included; on a shared machine every figure is a l
 	f.IntVar(&o.Workers, "workers", 0, "engine workers; 0 means the engine default")
 	f.IntVar(&o.BatchSize, "batch", 0, "engine batch size; 0 means the engine default")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the end-to-end phase to this file")
+	f.StringVar(&traceFile, "trace", "", "write a runtime execution trace of the end-to-end phase to this file (go tool trace)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.AddCommand(send, benchTrackCmd())
 	return cmd

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +56,8 @@ type BenchOptions struct {
 	// CPUProfile, when set, receives a CPU profile of the end-to-end phase only (confirm to
 	// the last message written back).
 	CPUProfile io.Writer
+	// Trace, when set, receives a runtime execution trace of the same phase (go tool trace).
+	Trace io.Writer
 	// Progress, when set, receives one line per phase as the run goes.
 	Progress io.Writer
 }
@@ -244,20 +247,33 @@ func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 			return res, err
 		}
 	}
+	if o.Trace != nil {
+		if err := trace.Start(o.Trace); err != nil {
+			pprof.StopCPUProfile()
+			return res, err
+		}
+	}
+	stopProfiles := func() {
+		if o.CPUProfile != nil {
+			pprof.StopCPUProfile()
+		}
+		if o.Trace != nil {
+			trace.Stop()
+		}
+	}
 	progress("sending %d messages", o.N)
 	start := time.Now()
 	if _, err := deliveries.Confirm(ctx, d.starter, d.id); err != nil {
-		pprof.StopCPUProfile()
+		stopProfiles()
 		return res, fmt.Errorf("bench: confirm: %w", err)
 	}
 	if err := eng.Start(ctx); err != nil {
+		stopProfiles()
 		return res, err
 	}
 	err = waitFinished(ctx, db, d.id, func() bool { return counted.msgs.Load() >= int64(o.N) })
 	res.SendSeconds = time.Since(start).Seconds()
-	if o.CPUProfile != nil {
-		pprof.StopCPUProfile()
-	}
+	stopProfiles()
 	res.CPUSeconds = cpuTime() - before
 	res.PeakRSSSendMB = peakRSSMB()
 	eng.Stop()
