@@ -1,6 +1,7 @@
 package email
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -79,9 +80,11 @@ func NewMessageID(domain string) string {
 
 // Build appends the complete message for e to dst and returns it. Output
 // lines end in CRLF, header lines are folded at 78 octets where they have
-// spaces and never exceed 998, bodies are quoted-printable, and the MIME
-// boundary starts with "=_", a sequence quoted-printable never produces, so
-// it cannot occur in the content.
+// spaces and never exceed 998. A body goes as it is (7bit) when it is ASCII
+// with lines of at most 998 octets, else quoted-printable (see appendBody).
+// The MIME boundary starts with "=_", a sequence quoted-printable never
+// produces and a 7bit body may not start a line with, so it cannot occur in
+// the content.
 func (c *Composer) Build(dst []byte, e *Email) ([]byte, error) {
 	if len(e.Text) == 0 && len(e.HTML) == 0 {
 		return dst, errors.New("email: message has neither text nor HTML body")
@@ -158,11 +161,9 @@ func (c *Composer) Build(dst []byte, e *Email) ([]byte, error) {
 	b := h.b
 	switch {
 	case len(e.HTML) == 0:
-		b = appendPartHeader(b, "plain")
-		b = appendQP(b, e.Text)
+		b = appendBody(b, "plain", e.Text)
 	case len(e.Text) == 0:
-		b = appendPartHeader(b, "html")
-		b = appendQP(b, e.HTML)
+		b = appendBody(b, "html", e.HTML)
 	default:
 		var bound [2 + 32]byte
 		boundary := appendHex(appendHex(append(bound[:0], "=_"...), r2), r1)
@@ -176,8 +177,7 @@ func (c *Composer) Build(dst []byte, e *Email) ([]byte, error) {
 			b = append(b, "\r\n--"...)
 			b = append(b, boundary...)
 			b = append(b, "\r\n"...)
-			b = appendPartHeader(b, part.sub)
-			b = appendQP(b, part.body)
+			b = appendBody(b, part.sub, part.body)
 		}
 		b = append(b, "\r\n--"...)
 		b = append(b, boundary...)
@@ -196,10 +196,74 @@ func (c *Composer) Build(dst []byte, e *Email) ([]byte, error) {
 	return b, nil
 }
 
-func appendPartHeader(b []byte, sub string) []byte {
+// appendBody appends a text part's header fields and body. The body goes as it is, with its
+// line breaks made CRLF, under Content-Transfer-Encoding 7bit when it can (see append7bit):
+// most templates are ASCII, and encoding them quoted-printable made each message longer and
+// cost more than rendering its text. Anything else is quoted-printable.
+func appendBody(b []byte, sub string, body []byte) []byte {
 	b = append(b, "Content-Type: text/"...)
 	b = append(b, sub...)
-	return append(b, "; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"...)
+	b = append(b, "; charset=utf-8\r\nContent-Transfer-Encoding: "...)
+	enc := len(b)
+	if out, ok := append7bit(append(b, "7bit\r\n\r\n"...), body); ok {
+		return out
+	}
+	return appendQP(append(b[:enc], "quoted-printable\r\n\r\n"...), body)
+}
+
+// max7bitLine is the longest line append7bit writes, without its CRLF (RFC 5322 section
+// 2.1.1); a line that starts with a dot is one shorter, so that SMTP's dot-stuffing keeps it
+// within RFC 5321's 1,000 octets.
+const max7bitLine = 998
+
+// append7bit appends src with each line break (LF or CRLF) written CRLF and reports true, when
+// src is 7bit data (RFC 2045 section 2.7): no octet above 127, no NUL, no CR but before LF, no
+// line over max7bitLine. It also refuses a line that starts with "--=_", which could open a
+// MIME boundary delimiter. Otherwise it reports false and what it appended is to be discarded.
+func append7bit(dst, src []byte) ([]byte, bool) {
+	for len(src) > 0 {
+		line, rest, nl := src, []byte(nil), false
+		if i := bytes.IndexByte(src, '\n'); i >= 0 {
+			line, rest, nl = src[:i], src[i+1:], true
+			if i > 0 && line[i-1] == '\r' {
+				line = line[:i-1]
+			}
+		}
+		limit := max7bitLine
+		if len(line) > 0 && line[0] == '.' {
+			limit--
+		}
+		if len(line) > limit || !ascii7(line) || bytes.HasPrefix(line, []byte("--=_")) {
+			return dst, false
+		}
+		dst = append(dst, line...)
+		if nl {
+			dst = append(dst, '\r', '\n')
+		}
+		src = rest
+	}
+	return dst, true
+}
+
+// ascii7 reports whether line has no octet above 127, no NUL and no CR, eight bytes at a time.
+func ascii7(line []byte) bool {
+	const ones, highs, crs = 0x0101010101010101, 0x8080808080808080, 0x0d0d0d0d0d0d0d0d
+	i := 0
+	for ; i+8 <= len(line); i += 8 {
+		x := binary.LittleEndian.Uint64(line[i:])
+		cr := x ^ crs
+		// A zero byte in x or in cr (where x has CR) sets its high bit in the differences;
+		// with no high bit set in x, the test is exact.
+		if x&highs != 0 || ((x-ones)&^x|(cr-ones)&^cr)&highs != 0 {
+			return false
+		}
+	}
+	for _, c := range line[i:] {
+		if c >= 0x80 || c == 0 || c == '\r' {
+			return false
+		}
+	}
+	return true
 }
 
 const hexDigits = "0123456789abcdef"

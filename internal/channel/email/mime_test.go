@@ -14,6 +14,7 @@ import (
 	"mime/quotedprintable"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -441,6 +442,162 @@ func TestQuotedPrintableWordAtATime(t *testing.T) {
 		}
 		if got, want := appendQP(nil, src), appendQPWords(nil, src, false); !bytes.Equal(got, want) {
 			t.Fatalf("appendQP(%q)\n = %q\nwant %q", src, got, want)
+		}
+	}
+}
+
+// partsOf parses msg and returns each part's transfer encoding and decoded body, with line
+// breaks as LF.
+func partsOf(t *testing.T, msg []byte) (encodings, bodies []string) {
+	t.Helper()
+	mr, err := mail.CreateReader(bytes.NewReader(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			return encodings, bodies
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(p.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		encodings = append(encodings, p.Header.Get("Content-Transfer-Encoding"))
+		bodies = append(bodies, strings.ReplaceAll(string(body), "\r\n", "\n"))
+	}
+}
+
+func TestBuildSendsASCIIBodiesAsTheyAre(t *testing.T) {
+	long := strings.Repeat("x", max7bitLine)
+	e := sampleEmail()
+	e.Text = []byte("Hello Ann,\n\nOur offers = 20% off. \n.A line starting with a dot\r\n" + long + "\nBye\n")
+	e.HTML = []byte("<html><body><p style=\"color:red\">Hello Ann,</p>\r\n<p>" + strings.Repeat("Spring offers. ", 40) + "</p>\t\n</body></html>")
+	msg, err := (&Composer{Domain: "herald.test"}).Build(nil, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encodings, bodies := partsOf(t, msg)
+	if want := []string{"7bit", "7bit"}; !slices.Equal(encodings, want) {
+		t.Errorf("encodings %q, want %q", encodings, want)
+	}
+	norm := func(b []byte) string { return strings.ReplaceAll(string(b), "\r\n", "\n") }
+	if want := []string{norm(e.Text), norm(e.HTML)}; !slices.Equal(bodies, want) {
+		t.Errorf("bodies\n%q\nwant\n%q", bodies, want)
+	}
+	// On the wire: the lines as written, each ended by CRLF, none cut or escaped.
+	for _, want := range []string{"\r\nOur offers = 20% off. \r\n.A line starting with a dot\r\n" + long + "\r\nBye\r\n", "</p>\t\r\n</body></html>\r\n"} {
+		if !bytes.Contains(msg, []byte(want)) {
+			t.Errorf("message lacks %q", want)
+		}
+	}
+	for i, line := range bytes.Split(msg, []byte("\r\n")) {
+		if bytes.ContainsAny(line, "\r\n") || len(line) > 998 {
+			t.Errorf("line %d: %d octets, bare CR or LF %v", i+1, len(line), bytes.ContainsAny(line, "\r\n"))
+		}
+	}
+
+	// A part that is not ASCII is quoted-printable; the other stays as it is.
+	e.HTML = []byte("<p>Hello Zoë</p>")
+	msg, err = (&Composer{Domain: "herald.test"}).Build(nil, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encodings, bodies = partsOf(t, msg)
+	if want := []string{"7bit", "quoted-printable"}; !slices.Equal(encodings, want) {
+		t.Errorf("encodings %q, want %q", encodings, want)
+	}
+	if len(bodies) != 2 || bodies[1] != "<p>Hello Zoë</p>" {
+		t.Errorf("bodies %q", bodies)
+	}
+}
+
+func TestBodiesThatCannotGoAsTheyAreAreQuotedPrintable(t *testing.T) {
+	x := func(n int) string { return strings.Repeat("x", n) }
+	for _, tc := range []struct {
+		name, body string
+		sevenBit   bool
+	}{
+		{"longest line", x(998), true},
+		{"line too long", "a\n" + x(999) + "\nb", false},
+		{"dot line at its longest", "." + x(996), true},
+		{"dot line too long once stuffed", "a\n." + x(997), false},
+		{"CRLF and LF", "a\r\nb\nc\r\n", true},
+		{"bare CR", "a\rb", false},
+		{"CR at the end", "a\r", false},
+		{"NUL", "a\x00b", false},
+		{"DEL and controls", "a\x7f\x01\tb", true},
+		{"UTF-8", "caf\xc3\xa9", false},
+		{"boundary-like line", "a\n--=_0123456789abcdef\nb", false},
+		{"boundary-like first line", "--=_x", false},
+		{"boundary-like text inside a line", "a --=_x", true},
+		{"other dashes", "--\n---=\n--=x", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := &Email{From: Address{Addr: "news@herald.test"}, To: Address{Addr: "ann@example.com"}, Date: testDate, Text: []byte(tc.body)}
+			msg, err := (&Composer{Domain: "herald.test"}).Build(nil, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			encodings, bodies := partsOf(t, msg)
+			want := "quoted-printable"
+			if tc.sevenBit {
+				want = "7bit"
+			}
+			if len(encodings) != 1 || encodings[0] != want {
+				t.Fatalf("encodings %q, want %s", encodings, want)
+			}
+			// Both ways the body comes back (QP keeps a lone CR as =0D), with the line break
+			// that ends a single-part message.
+			if got, wantBody := bodies[0], strings.ReplaceAll(tc.body+"\r\n", "\r\n", "\n"); got != wantBody {
+				t.Errorf("body %q, want %q", got, wantBody)
+			}
+			for i, line := range bytes.Split(msg, []byte("\r\n")) {
+				if len(line) > 998 || (len(line) > 997 && line[0] == '.') {
+					t.Errorf("line %d is %d octets", i+1, len(line))
+				}
+			}
+		})
+	}
+}
+
+// TestASCII7WordAtATime checks ascii7, which tests eight bytes at a time, against a byte-wise
+// test, for every byte value at every offset of a word and on random lines.
+func TestASCII7WordAtATime(t *testing.T) {
+	byteWise := func(line []byte) bool {
+		for _, c := range line {
+			if c >= 0x80 || c == 0 || c == '\r' {
+				return false
+			}
+		}
+		return true
+	}
+	for c := range 256 {
+		for k := range 8 {
+			line := []byte("AAAAAAAAAAAAAAAA")
+			line[k] = byte(c)
+			line[8+k] = byte(c)
+			if got, want := ascii7(line), byteWise(line); got != want {
+				t.Fatalf("ascii7 with byte %#x at %d = %v, want %v", c, k, got, want)
+			}
+		}
+	}
+	rng := fixedRand()
+	odd := []byte("\x00\r\x0c\x0e\x7f\x80\xc3\xa9\xff\x01\x8d")
+	for n := range 3000 {
+		line := make([]byte, n%70)
+		for i := range line {
+			if rng()%17 == 0 {
+				line[i] = odd[rng()%uint64(len(odd))]
+			} else {
+				line[i] = byte(' ' + rng()%95)
+			}
+		}
+		if got, want := ascii7(line), byteWise(line); got != want {
+			t.Fatalf("ascii7(%q) = %v, want %v", line, got, want)
 		}
 	}
 }
