@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/heraldhq/herald/internal/store"
@@ -70,11 +71,12 @@ func inFlightCountSQL(eng store.Engine) string {
 // meanwhile. It returns the ids it recorded and the batch's id (0 when none).
 func (e *Engine) markBatch(ctx context.Context, deliveryID int64, ids []int64) (map[int64]bool, int64, error) {
 	_, arg := e.sql.idSet(ids, 3)
+	lo, hi := slices.Min(ids), slices.Max(ids)
 	marked := make(map[int64]bool, len(ids))
 	var batchID int64
 	var list string
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
-		rows, err := e.txQuery(ctx, tx, e.sql.markBatch, e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID)
+		rows, err := e.txQuery(ctx, tx, e.sql.markBatch, e.cfg.NodeID, e.clock.Now().Add(e.cfg.Lease).UnixMilli(), arg, deliveryID, lo, hi)
 		if err != nil {
 			return err
 		}
@@ -96,16 +98,19 @@ func (e *Engine) markBatch(ctx context.Context, deliveryID int64, ids []int64) (
 	return marked, batchID, nil
 }
 
-// markBatchSQL records a batch of the rows among set (a row source of ids) still pending and
-// in no batch of delivery $4, under lease owner $1 until $2. A row's own lease columns are not
-// looked at: on SQLite only an older version set them on pending rows (its claims), and the
-// pick has left out those whose lease still holds; the write-back clears them.
+// markBatchSQL records a batch of the rows among set (a row source of ids between $5 and $6)
+// still pending and in no batch of delivery $4, under lease owner $1 until $2. Only the batches
+// whose id range meets [$5, $6] are read: workers mostly take disjoint runs of ids. A row's own
+// lease columns are not looked at: on SQLite only an older version set them on pending rows
+// (its claims), and the pick has left out those whose lease still holds; the write-back clears
+// them.
 func markBatchSQL(set string) string {
 	// An aggregate without GROUP BY yields a row even when nothing matched: HAVING drops it.
-	return `INSERT INTO in_flight (delivery_id, lease_owner, lease_until, log_ids)
-		SELECT $4, $1, $2, json_group_array(s.id) FROM sending_log s
+	return `INSERT INTO in_flight (delivery_id, lease_owner, lease_until, log_ids, min_id, max_id)
+		SELECT $4, $1, $2, json_group_array(s.id), min(s.id), max(s.id) FROM sending_log s
 		WHERE s.id IN ` + set + ` AND +s.status = 'pending'
-		AND s.id NOT IN ` + flightIDs("$4") + `
+		AND s.id NOT IN (SELECT j.value FROM in_flight f, json_each(f.log_ids) AS j
+			WHERE f.delivery_id = $4 AND f.max_id >= $5 AND f.min_id <= $6)
 		AND EXISTS (SELECT 1 FROM deliveries WHERE id = $4 AND state IN ('sending', 'retrying'))
 		HAVING COUNT(*) > 0
 		RETURNING id, log_ids`

@@ -51,7 +51,7 @@ func TestInFlightStatementsUseAnIndex(t *testing.T) {
 		{"reclaimInFlight", q.reclaimInFlight, []any{"node"}, "SEARCH sending_log USING INDEX sending_log_status"},
 		{"renew", q.renew, []any{1, 2, "node"}, "SCAN in_flight"},
 		{"pick", q.pick, []any{1, 0, 2, 500}, "SEARCH sending_log USING INDEX sending_log_status"},
-		{"markBatch", q.markBatch, []any{"node", 2, list, 1}, "SEARCH s USING INTEGER PRIMARY KEY"},
+		{"markBatch", q.markBatch, []any{"node", 2, list, 1, 1, 3}, "SEARCH s USING INTEGER PRIMARY KEY"},
 		{"recoverBatchRows", recoverBatchRowsSQL(`lease_until < $1`), []any{1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
 		{"writeSentIDs", q.writeSentIDs, []any{"[1]", "node", 250, "2.0.0", 1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
 		{"writeSent", q.writeSent, []any{`["1 q"]`, "node", 250, "2.0.0", 1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
