@@ -46,7 +46,7 @@ func prepareStatements(ctx context.Context, db *store.DB, q queries) (prepared, 
 		texts []string
 	}{
 		{db.Read, p.read, []string{q.pick, q.recipients, activeDeliveriesSQL}},
-		{db.Write, p.write, []string{q.markBatch, endBatchSQL, q.writeSent, q.writeSentIDs, q.writeBack, q.erroneous}},
+		{db.Write, p.write, []string{q.markBatch, endBatchSQL, q.writeSent, q.writeSentIDs, q.countedSent, q.countedSentIDs, q.writeBack, q.erroneous}},
 	} {
 		for _, text := range s.texts {
 			st, err := s.pool.PrepareContext(ctx, text)

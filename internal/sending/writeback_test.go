@@ -3,15 +3,18 @@ package sending
 import (
 	"context"
 	"database/sql"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/audit"
 	"github.com/heraldhq/herald/internal/channel"
 	"github.com/heraldhq/herald/internal/delivery"
 	"github.com/heraldhq/herald/internal/stats"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 // outcomeSender answers each message with the outcome given for its recipient.
@@ -194,6 +197,68 @@ func TestWorkersNeverSendARowTwice(t *testing.T) {
 		}
 		if got := f.count(t, `status = 'sent'`); got != n {
 			t.Errorf("%d rows sent, want %d", got, n)
+		}
+	})
+}
+
+// meddlingSender accepts every message, but first runs meddle, as a writer that changes rows
+// while their batch is out.
+type meddlingSender struct{ meddle func() }
+
+func (s meddlingSender) Send(_ context.Context, msgs []channel.Message, out []channel.Outcome) error {
+	s.meddle()
+	for i := range msgs {
+		out[i] = channel.Outcome{Status: channel.Sent, Code: 250, Enhanced: "2.0.0"}
+	}
+	return nil
+}
+func (meddlingSender) Close() error { return nil }
+
+// TestWriteBackLeavesRowsThatChangedInFlight: nothing in Herald writes a row while its batch is
+// out, but should something do so, the write-back leaves that row as it found it and counts
+// only the rows it wrote, in the live counters and the webhook events. On SQLite this is the
+// write-back's second, exact pass, after its counted statement changed fewer rows than named.
+func TestWriteBackLeavesRowsThatChangedInFlight(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		f := newFixture(t, db, 4, 84*time.Hour)
+		if _, err := webhook.NewService(db, f.clk, slog.New(slog.DiscardHandler)).Create(ctx, audit.System,
+			webhook.NewEndpoint{URL: "https://hooks.example/h", Events: []string{webhook.Sent, webhook.Failed}}); err != nil {
+			t.Fatal(err)
+		}
+		meddle := func() {
+			if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'failed', failure_type = 'hard', failure_reason = 'changed meanwhile'
+				WHERE delivery_id = $1 AND address = $2`, f.id, f.addrs[1]); err != nil {
+				t.Error(err)
+			}
+		}
+		e := f.engine(t, meddlingSender{meddle}, "n1", 10)
+		if _, err := e.Step(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for i, a := range f.addrs {
+			r := f.row(t, a)
+			if i == 1 {
+				if r.status != "failed" || r.reason != "changed meanwhile" || r.sentAt.Valid {
+					t.Errorf("the changed row is %+v; want it left failed", r)
+				}
+			} else if r.status != "sent" || !r.sentAt.Valid {
+				t.Errorf("row %d is %+v; want sent", i, r)
+			}
+		}
+		live, err := stats.NewService(db, f.clk, nil).Read(ctx, f.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var events int
+		if err := db.Read.QueryRow(`SELECT count(*) FROM webhook_outbox WHERE type = 'sent'`).Scan(&events); err != nil {
+			t.Fatal(err)
+		}
+		if live.Sent != 3 || events != 3 {
+			t.Errorf("%d sent in the live counters, %d sent events; want 3 and 3", live.Sent, events)
+		}
+		if n := f.inFlight(t); n != 0 {
+			t.Errorf("%d rows still in flight", n)
 		}
 	})
 }
