@@ -33,6 +33,11 @@ type Message struct {
 	// signed RFC 5322 message with CRLF line endings; the sender does the
 	// SMTP dot-stuffing itself.
 	Data []byte
+	// Plain says, for email, that Data needs no dot-stuffing or line-end
+	// repair: no line starts with a dot and every line break is CRLF, as
+	// email.Composer builds messages. The sender then writes it as it is,
+	// instead of looking at every line.
+	Plain bool
 }
 
 // Status is what became of one message. The zero value is Unknown, so an

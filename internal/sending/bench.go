@@ -455,7 +455,7 @@ func pushReady(ctx context.Context, tr *email.Transport, n, size, workers, batch
 			b.WriteString(line[:min(len(line), size-2-b.Len())])
 		}
 		b.WriteString("\r\n")
-		msgs[i] = channel.Message{ID: int64(i), To: fmt.Sprintf("user%d@example.com", i), From: "bounce@bounce.bench.example", Data: b.Bytes()}
+		msgs[i] = channel.Message{ID: int64(i), To: fmt.Sprintf("user%d@example.com", i), From: "bounce@bounce.bench.example", Data: b.Bytes(), Plain: true}
 	}
 	// Open the connections first, as the engine's first batch does its own.
 	warm := make([]channel.Outcome, workers)

@@ -283,7 +283,7 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 			continue
 		}
 		b.rows = append(b.rows, row)
-		b.msgs = append(b.msgs, channel.Message{ID: row.id, To: row.address, From: from, Data: w.buf[start:len(w.buf):len(w.buf)]})
+		b.msgs = append(b.msgs, channel.Message{ID: row.id, To: row.address, From: from, Data: w.buf[start:len(w.buf):len(w.buf)], Plain: true})
 	}
 	b.out = make([]channel.Outcome, len(b.msgs))
 	return b, nil

@@ -41,7 +41,7 @@ func (p *ProofSender) SendProofs(ctx context.Context, d delivery.Delivery, msgs 
 		if err != nil {
 			return problem.Invalidf("content", "the proof for %s cannot be built: %v", m.To, err)
 		}
-		batch[i] = channel.Message{To: m.To, From: m.FromAddress, Data: data}
+		batch[i] = channel.Message{To: m.To, From: m.FromAddress, Data: data, Plain: true}
 	}
 	if err := p.Sender.Send(ctx, batch, out); err != nil {
 		return fmt.Errorf("send proofs of delivery %d: %w", d.ID, err)

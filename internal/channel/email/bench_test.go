@@ -23,7 +23,7 @@ func benchMessages(n int) []channel.Message {
 			b.Write(line)
 			b.WriteString("\r\n")
 		}
-		msgs[i] = channel.Message{ID: int64(i), To: fmt.Sprintf("user%d@example.com", i), From: "bounces@herald.test", Data: b.Bytes()}
+		msgs[i] = channel.Message{ID: int64(i), To: fmt.Sprintf("user%d@example.com", i), From: "bounces@herald.test", Data: b.Bytes(), Plain: true}
 	}
 	return msgs
 }

@@ -295,10 +295,19 @@ func (c *conn) writeEnvelope(from, to string) {
 }
 
 // writeData writes a message body with SMTP dot-stuffing, turning bare LF
-// into CRLF, and the terminating dot. It returns the logical stream position
-// just after the terminator.
-func (c *conn) writeData(data []byte) int64 {
+// into CRLF, and the terminating dot; plain data (channel.Message.Plain) it
+// writes as it is. It returns the logical stream position just after the
+// terminator.
+func (c *conn) writeData(data []byte, plain bool) int64 {
 	w := c.w
+	if plain {
+		w.Write(data)
+		if len(data) > 0 && data[len(data)-1] != '\n' {
+			w.WriteString("\r\n")
+		}
+		w.WriteString(".\r\n")
+		return c.pos()
+	}
 	if len(data) > 0 && data[0] == '.' {
 		w.WriteByte('.')
 	}

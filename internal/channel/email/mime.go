@@ -84,7 +84,8 @@ func NewMessageID(domain string) string {
 // with lines of at most 998 octets, else quoted-printable (see appendBody).
 // The MIME boundary starts with "=_", a sequence quoted-printable never
 // produces and a 7bit body may not start a line with, so it cannot occur in
-// the content.
+// the content. No line starts with a dot, so the message needs no SMTP
+// dot-stuffing (channel.Message.Plain).
 func (c *Composer) Build(dst []byte, e *Email) ([]byte, error) {
 	if len(e.Text) == 0 && len(e.HTML) == 0 {
 		return dst, errors.New("email: message has neither text nor HTML body")
@@ -212,14 +213,15 @@ func appendBody(b []byte, sub string, body []byte) []byte {
 }
 
 // max7bitLine is the longest line append7bit writes, without its CRLF (RFC 5322 section
-// 2.1.1); a line that starts with a dot is one shorter, so that SMTP's dot-stuffing keeps it
-// within RFC 5321's 1,000 octets.
+// 2.1.1).
 const max7bitLine = 998
 
 // append7bit appends src with each line break (LF or CRLF) written CRLF and reports true, when
 // src is 7bit data (RFC 2045 section 2.7): no octet above 127, no NUL, no CR but before LF, no
 // line over max7bitLine. It also refuses a line that starts with "--=_", which could open a
-// MIME boundary delimiter. Otherwise it reports false and what it appended is to be discarded.
+// MIME boundary delimiter, and one that starts with a dot, which quoted-printable writes =2E so
+// that SMTP need not dot-stuff the message. Otherwise it reports false and what it appended is
+// to be discarded.
 func append7bit(dst, src []byte) ([]byte, bool) {
 	for len(src) > 0 {
 		line, rest, nl := src, []byte(nil), false
@@ -229,11 +231,7 @@ func append7bit(dst, src []byte) ([]byte, bool) {
 				line = line[:i-1]
 			}
 		}
-		limit := max7bitLine
-		if len(line) > 0 && line[0] == '.' {
-			limit--
-		}
-		if len(line) > limit || !ascii7(line) || bytes.HasPrefix(line, []byte("--=_")) {
+		if len(line) > max7bitLine || len(line) > 0 && line[0] == '.' || !ascii7(line) || bytes.HasPrefix(line, []byte("--=_")) {
 			return dst, false
 		}
 		dst = append(dst, line...)
@@ -431,7 +429,8 @@ var qpSafe = func() (t [256]bool) {
 
 // appendQP appends src quoted-printable encoded (RFC 2045 section 6.7).
 // LF and CRLF in src are line breaks; lines are at most 76 octets; space and
-// tab before a line break are encoded so transports cannot strip them.
+// tab before a line break are encoded so transports cannot strip them, and
+// a dot that starts a line is encoded (=2E) so that SMTP need not stuff it.
 func appendQP(dst, src []byte) []byte { return appendQPWords(dst, src, true) }
 
 // appendQPWords is appendQP; words false tests one byte at a time, which tests compare with.
@@ -439,7 +438,7 @@ func appendQPWords(dst, src []byte, words bool) []byte {
 	line := 0
 	for i := 0; i < len(src); {
 		c := src[i]
-		if qpSafe[c] && line < 75 {
+		if qpSafe[c] && line < 75 && (c != '.' || line > 0) {
 			// Copy a run of literal bytes at once, up to the line limit.
 			j, end := i+1, min(len(src), i+75-line)
 			for words && j+8 <= end && plain8(binary.LittleEndian.Uint64(src[j:])) {
@@ -468,7 +467,7 @@ func appendQPWords(dst, src []byte, words bool) []byte {
 			continue
 		}
 		enc := !qpSafe[c]
-		if (c == ' ' || c == '\t') && (i+1 == len(src) || src[i+1] == '\n' || src[i+1] == '\r') {
+		if (c == ' ' || c == '\t') && (i+1 == len(src) || src[i+1] == '\n' || src[i+1] == '\r') || c == '.' && line == 0 {
 			enc = true
 		}
 		n := 1
@@ -478,6 +477,9 @@ func appendQPWords(dst, src []byte, words bool) []byte {
 		if line+n > 75 {
 			dst = append(dst, '=', '\r', '\n')
 			line = 0
+			if c == '.' {
+				enc, n = true, 3
+			}
 		}
 		if enc {
 			dst = append(dst, '=', upperHex[c>>4], upperHex[c&0xf])

@@ -235,6 +235,8 @@ func TestQuotedPrintable(t *testing.T) {
 		{"é", "=C3=A9"},
 		{"cr\rlf", "cr=0Dlf"},
 		{strings.Repeat("x", 80), strings.Repeat("x", 75) + "=\r\n" + strings.Repeat("x", 5)},
+		{".a\n.\nb.\n..", "=2Ea\r\n=2E\r\nb.\r\n=2E."},
+		{strings.Repeat("x", 75) + ".y", strings.Repeat("x", 75) + "=\r\n=2Ey"},
 	} {
 		if got := string(appendQP(nil, []byte(tc.in))); got != tc.want {
 			t.Errorf("appendQP(%q) = %q, want %q", tc.in, got, tc.want)
@@ -402,6 +404,9 @@ func TestQuotedPrintableRoundTrip(t *testing.T) {
 			if l := len(line); l > 0 && (line[l-1] == ' ' || line[l-1] == '\t') {
 				t.Fatalf("trailing whitespace in %q", enc)
 			}
+			if bytes.HasPrefix(line, []byte(".")) {
+				t.Fatalf("a line starts with a dot in %q", enc)
+			}
 		}
 		dec, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(enc)))
 		if err != nil {
@@ -474,7 +479,7 @@ func partsOf(t *testing.T, msg []byte) (encodings, bodies []string) {
 func TestBuildSendsASCIIBodiesAsTheyAre(t *testing.T) {
 	long := strings.Repeat("x", max7bitLine)
 	e := sampleEmail()
-	e.Text = []byte("Hello Ann,\n\nOur offers = 20% off. \n.A line starting with a dot\r\n" + long + "\nBye\n")
+	e.Text = []byte("Hello Ann,\n\nOur offers = 20% off. \nA dot. Two..\r\n" + long + "\nBye\n")
 	e.HTML = []byte("<html><body><p style=\"color:red\">Hello Ann,</p>\r\n<p>" + strings.Repeat("Spring offers. ", 40) + "</p>\t\n</body></html>")
 	msg, err := (&Composer{Domain: "herald.test"}).Build(nil, e)
 	if err != nil {
@@ -489,7 +494,7 @@ func TestBuildSendsASCIIBodiesAsTheyAre(t *testing.T) {
 		t.Errorf("bodies\n%q\nwant\n%q", bodies, want)
 	}
 	// On the wire: the lines as written, each ended by CRLF, none cut or escaped.
-	for _, want := range []string{"\r\nOur offers = 20% off. \r\n.A line starting with a dot\r\n" + long + "\r\nBye\r\n", "</p>\t\r\n</body></html>\r\n"} {
+	for _, want := range []string{"\r\nOur offers = 20% off. \r\nA dot. Two..\r\n" + long + "\r\nBye\r\n", "</p>\t\r\n</body></html>\r\n"} {
 		if !bytes.Contains(msg, []byte(want)) {
 			t.Errorf("message lacks %q", want)
 		}
@@ -523,8 +528,9 @@ func TestBodiesThatCannotGoAsTheyAreAreQuotedPrintable(t *testing.T) {
 	}{
 		{"longest line", x(998), true},
 		{"line too long", "a\n" + x(999) + "\nb", false},
-		{"dot line at its longest", "." + x(996), true},
-		{"dot line too long once stuffed", "a\n." + x(997), false},
+		{"a line that starts with a dot", "a\n.b\nc", false},
+		{"a dot alone on its line", "a\n.\nc", false},
+		{"dots within lines", "a.\n b.c\n", true},
 		{"CRLF and LF", "a\r\nb\nc\r\n", true},
 		{"bare CR", "a\rb", false},
 		{"CR at the end", "a\r", false},
@@ -556,8 +562,8 @@ func TestBodiesThatCannotGoAsTheyAreAreQuotedPrintable(t *testing.T) {
 				t.Errorf("body %q, want %q", got, wantBody)
 			}
 			for i, line := range bytes.Split(msg, []byte("\r\n")) {
-				if len(line) > 998 || (len(line) > 997 && line[0] == '.') {
-					t.Errorf("line %d is %d octets", i+1, len(line))
+				if len(line) > 998 || bytes.HasPrefix(line, []byte(".")) {
+					t.Errorf("line %d is %d octets, or starts with a dot: %.40q", i+1, len(line), line)
 				}
 			}
 		})

@@ -501,7 +501,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			}
 		}
 		if !failed {
-			body, bodyEnd = i, c.writeData(b.msgs[i].Data)
+			body, bodyEnd = i, c.writeData(b.msgs[i].Data, b.msgs[i].Plain)
 			continue
 		}
 		if stage == 1 {
@@ -581,7 +581,7 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			}
 			continue
 		}
-		end := c.writeData(m.Data)
+		end := c.writeData(m.Data, m.Plain)
 		err := c.flush()
 		var code int
 		if err == nil {

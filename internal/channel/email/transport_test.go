@@ -171,6 +171,49 @@ func TestDataNormalization(t *testing.T) {
 	}
 }
 
+// TestComposedMessagesGoAsTheyAre sends messages the Composer built from bodies full of dots,
+// as plain data, in both modes: the server receives each exactly as built, so the Composer's
+// promise that no line starts with a dot holds where SMTP would otherwise need to stuff it.
+func TestComposedMessagesGoAsTheyAre(t *testing.T) {
+	bodies := [][]byte{
+		[]byte(".first\n.\n..two\nlast ."),
+		[]byte("caf\xc3\xa9\n.\n" + strings.Repeat("x", 75) + ".y\n"),
+		[]byte("<p>.</p>\r\n." + strings.Repeat("z", 80) + "\r\n.."),
+	}
+	for _, tc := range []struct {
+		name         string
+		noPipelining bool
+	}{{"pipelined", false}, {"lockstep", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			tr := newTestTransport(t, Options{}, plainRelay(s, 2))
+			var msgs []channel.Message
+			for i, body := range bodies {
+				for _, html := range [][]byte{nil, body} {
+					to := fmt.Sprintf("user%d@example.com", len(msgs))
+					data, err := (&Composer{Domain: "herald.test"}).Build(nil, &Email{From: Address{Addr: "news@herald.test"},
+						To: Address{Addr: to}, Subject: fmt.Sprint("dots ", i), Text: body, HTML: html})
+					if err != nil {
+						t.Fatal(err)
+					}
+					msgs = append(msgs, channel.Message{To: to, From: "bounces@herald.test", Data: data, Plain: true})
+				}
+			}
+			out := send(t, tr, msgs)
+			got := map[string][]byte{}
+			for _, m := range s.Messages() {
+				got[m.To[0]] = m.Data
+			}
+			for i, m := range msgs {
+				wantStatus(t, out, i, channel.Sent)
+				if !bytes.Equal(got[m.To], m.Data) {
+					t.Errorf("%s received\n%q\nwant\n%q", m.To, got[m.To], m.Data)
+				}
+			}
+		})
+	}
+}
+
 func TestTempFailThenSent(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
