@@ -607,3 +607,26 @@ func TestASCII7WordAtATime(t *testing.T) {
 		}
 	}
 }
+
+// TestDateIsEachMessagesOwn: the Composer reuses the Date it formatted within the same second
+// and zone; each message still carries its own date.
+func TestDateIsEachMessagesOwn(t *testing.T) {
+	c := &Composer{Domain: "herald.test"}
+	paris := time.FixedZone("CET", 3600)
+	base := time.Date(2026, 12, 3, 9, 30, 0, 100, time.UTC)
+	for _, d := range []time.Time{base, base.Add(500 * time.Millisecond), base.Add(time.Second), base.Add(time.Second).In(paris),
+		base.Add(time.Second), base.Add(-time.Hour), base} {
+		e := &Email{From: Address{Addr: "news@herald.test"}, To: Address{Addr: "ann@example.com"}, Date: d, Text: []byte("hi")}
+		msg, err := c.Build(nil, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := mail.CreateReader(bytes.NewReader(msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := m.Header.Get("Date"), d.Format(time.RFC1123Z); got != want {
+			t.Errorf("Date %q, want %q", got, want)
+		}
+	}
+}
