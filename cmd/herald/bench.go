@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -31,21 +32,19 @@ process's, the in-process sink included; on a shared machine every figure is a l
   herald bench send --n 100000 --smtp 127.0.0.1:2525 --cpuprofile send.pprof`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cpuProfile != "" {
-				f, err := os.Create(cpuProfile)
+			for _, out := range []struct {
+				path string
+				w    *io.Writer
+			}{{cpuProfile, &o.CPUProfile}, {traceFile, &o.Trace}} {
+				if out.path == "" {
+					continue
+				}
+				f, err := os.Create(out.path)
 				if err != nil {
 					return err
 				}
 				defer f.Close()
-				o.CPUProfile = f
-			}
-			if traceFile != "" {
-				f, err := os.Create(traceFile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				o.Trace = f
+				*out.w = f
 			}
 			o.Progress = cmd.ErrOrStderr()
 			res, err := sending.Bench(cmd.Context(), o)

@@ -113,11 +113,15 @@ func checkReceived(t *testing.T, s *smtptest.Server, msgs []channel.Message, out
 	}
 }
 
+// smtpModes are the two ways the client talks to a server: pipelined, and one command at a
+// time with a server that does not offer PIPELINING.
+var smtpModes = []struct {
+	name         string
+	noPipelining bool
+}{{"pipelined", false}, {"lockstep", true}}
+
 func TestSendModes(t *testing.T) {
-	for _, tc := range []struct {
-		name         string
-		noPipelining bool
-	}{{"pipelined", false}, {"lockstep", true}} {
+	for _, tc := range smtpModes {
 		t.Run(tc.name, func(t *testing.T) {
 			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
 			tr := newTestTransport(t, Options{}, plainRelay(s, 3))
@@ -180,10 +184,7 @@ func TestComposedMessagesGoAsTheyAre(t *testing.T) {
 		[]byte("caf\xc3\xa9\n.\n" + strings.Repeat("x", 75) + ".y\n"),
 		[]byte("<p>.</p>\r\n." + strings.Repeat("z", 80) + "\r\n.."),
 	}
-	for _, tc := range []struct {
-		name         string
-		noPipelining bool
-	}{{"pipelined", false}, {"lockstep", true}} {
+	for _, tc := range smtpModes {
 		t.Run(tc.name, func(t *testing.T) {
 			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
 			tr := newTestTransport(t, Options{}, plainRelay(s, 2))
@@ -215,10 +216,7 @@ func TestComposedMessagesGoAsTheyAre(t *testing.T) {
 }
 
 func TestTempFailThenSent(t *testing.T) {
-	for _, tc := range []struct {
-		name         string
-		noPipelining bool
-	}{{"pipelined", false}, {"lockstep", true}} {
+	for _, tc := range smtpModes {
 		t.Run(tc.name, func(t *testing.T) {
 			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
 			s.Script("user1@example.com", smtptest.FailTimes(2, 451, "4.7.1", "greylisted, try later"))
@@ -278,10 +276,7 @@ func TestTempFailThrottlesDomain(t *testing.T) {
 }
 
 func TestHardFail(t *testing.T) {
-	for _, tc := range []struct {
-		name         string
-		noPipelining bool
-	}{{"pipelined", false}, {"lockstep", true}} {
+	for _, tc := range smtpModes {
 		t.Run(tc.name, func(t *testing.T) {
 			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
 			s.Script("user1@example.com", smtptest.Always(smtptest.Action{Code: 550, Enhanced: "5.1.1", Text: "no such user"}))
