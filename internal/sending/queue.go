@@ -424,7 +424,8 @@ type sentGroup struct {
 // writeBack writes the outcomes of a batch in one transaction: one statement per group of
 // rows sent with the same reply codes, one for every other row, one to find the erroneous
 // addresses among the successes, and a quarantine rule per failed or formerly erroneous
-// address.
+// address. On SQLite the transaction runs a second time, reading ids back, in the one case
+// writeSent's count cannot account for (errSentCount).
 func (e *Engine) writeBack(ctx context.Context, d activeDelivery, b *batch) error {
 	now := e.clock.Now()
 	results := make([]result, 0, len(b.msgs)+len(b.failed))
