@@ -37,6 +37,7 @@ type Recipient struct {
 
 // DecodeAttributes decodes a profile's attributes JSON for Recipient.Attributes. Whole numbers
 // become int64, so that they print as 1500000 rather than 1.5e+06; other numbers become float64.
+// The result keeps no reference to raw, which may be a driver's buffer (sql.RawBytes).
 func DecodeAttributes(raw []byte) (map[string]any, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return map[string]any{}, nil

@@ -306,13 +306,13 @@ func (e *Engine) recipients(ctx context.Context, rows []row) (map[int64]content.
 		var rc content.Recipient
 		var mail, phone, locale, tz, ext sql.NullString
 		var created int64
-		var attrs string
+		var attrs sql.RawBytes // the driver's bytes: decoding copies what it keeps
 		if err := q.Scan(&rc.ID, &mail, &phone, &locale, &tz, &ext, &created, &attrs); err != nil {
 			return nil, fmt.Errorf("load recipients: %w", err)
 		}
 		rc.Email, rc.Phone, rc.Locale, rc.TimeZone, rc.ExternalID = mail.String, phone.String, locale.String, tz.String, ext.String
 		rc.CreatedAt = clock.FromMillis(created)
-		if rc.Attributes, err = content.DecodeAttributes([]byte(attrs)); err != nil {
+		if rc.Attributes, err = content.DecodeAttributes(attrs); err != nil {
 			rc.Attributes = map[string]any{}
 		}
 		out[rc.ID] = rc
