@@ -9,10 +9,10 @@ import (
 )
 
 // TestBenchSendsEveryMessageAndMeasures runs Bench small: every message reaches the in-process
-// sink, the figures are filled in and the CPU profile covers the send.
+// sink, the figures are filled in, and the CPU profile and the execution trace cover the send.
 func TestBenchSendsEveryMessageAndMeasures(t *testing.T) {
-	var profile bytes.Buffer
-	res, err := Bench(context.Background(), BenchOptions{N: 300, CPUProfile: &profile})
+	var profile, tr bytes.Buffer
+	res, err := Bench(context.Background(), BenchOptions{N: 300, CPUProfile: &profile, Trace: &tr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,6 +33,9 @@ func TestBenchSendsEveryMessageAndMeasures(t *testing.T) {
 	}
 	if profile.Len() == 0 {
 		t.Fatal("no CPU profile written")
+	}
+	if !bytes.HasPrefix(tr.Bytes(), []byte("go 1.")) {
+		t.Fatalf("no execution trace written (%d bytes: %.10q)", tr.Len(), tr.Bytes())
 	}
 	if s := res.String(); !strings.Contains(s, "msgs/s") || !strings.Contains(s, "of the ceiling") {
 		t.Fatalf("String() = %q", s)
