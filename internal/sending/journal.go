@@ -6,13 +6,15 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/heraldhq/herald/internal/store"
 )
 
 // On SQLite the rows in flight are recorded a batch at a time (migration 00012): markInFlight
-// inserts one in_flight row naming the batch's sending-log rows, which stay pending, and the
-// write-back deletes it in the transaction that writes their outcomes. A row of a batch in
+// inserts one in_flight row naming the batch's sending-log rows, with their lowest and highest
+// id (migration 00013), which stay pending, and the write-back deletes it in the transaction
+// that writes their outcomes. A row of a batch in
 // flight reads 'sending' wherever the API shows or filters statuses (statusSQL, statusIs).
 // Moving every row to status sending and back cost three B-tree writes a message; the batch
 // costs one write per batch. PostgreSQL, whose nodes claim rows side by side under leases,
@@ -21,10 +23,21 @@ import (
 
 // flightIDs is the SQL row source of the ids of the rows in flight by batch: of the delivery
 // the SQL expression delivery names, or of every delivery when it is "".
-func flightIDs(delivery string) string {
+func flightIDs(delivery string) string { return flightIDsWhere(delivery, "") }
+
+// flightIDsWhere is flightIDs of the batches (alias f) that also meet cond, unless it is "":
+// a condition on their id range spares decoding the lists of those that cannot matter.
+func flightIDsWhere(delivery, cond string) string {
 	q := `SELECT j.value FROM in_flight f, json_each(f.log_ids) AS j`
+	var where []string
 	if delivery != "" {
-		q += ` WHERE f.delivery_id = ` + delivery
+		where = append(where, `f.delivery_id = `+delivery)
+	}
+	if cond != "" {
+		where = append(where, cond)
+	}
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, ` AND `)
 	}
 	return `(` + q + `)`
 }
@@ -70,9 +83,12 @@ func inFlightCountSQL(eng store.Engine) string {
 // lease, those of ids still pending and in no other batch, unless the delivery stopped sending
 // meanwhile. It returns the ids it recorded and the batch's id (0 when none).
 func (e *Engine) markBatch(ctx context.Context, deliveryID int64, ids []int64) (map[int64]bool, int64, error) {
+	marked := make(map[int64]bool, len(ids))
+	if len(ids) == 0 {
+		return marked, 0, nil
+	}
 	_, arg := e.sql.idSet(ids, 3)
 	lo, hi := slices.Min(ids), slices.Max(ids)
-	marked := make(map[int64]bool, len(ids))
 	var batchID int64
 	var list string
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
@@ -109,8 +125,7 @@ func markBatchSQL(set string) string {
 	return `INSERT INTO in_flight (delivery_id, lease_owner, lease_until, log_ids, min_id, max_id)
 		SELECT $4, $1, $2, json_group_array(s.id), min(s.id), max(s.id) FROM sending_log s
 		WHERE s.id IN ` + set + ` AND +s.status = 'pending'
-		AND s.id NOT IN (SELECT j.value FROM in_flight f, json_each(f.log_ids) AS j
-			WHERE f.delivery_id = $4 AND f.max_id >= $5 AND f.min_id <= $6)
+		AND s.id NOT IN ` + flightIDsWhere("$4", `f.max_id >= $5 AND f.min_id <= $6`) + `
 		AND EXISTS (SELECT 1 FROM deliveries WHERE id = $4 AND state IN ('sending', 'retrying'))
 		HAVING COUNT(*) > 0
 		RETURNING id, log_ids`

@@ -127,8 +127,7 @@ func queriesFor(eng store.Engine) queries {
 		// an id past the cursor can hold rows the pick reads; the others' lists are not decoded.
 		pick: `SELECT id, profile_id, address, attempts, ambiguous FROM sending_log WHERE delivery_id = $1 AND status = 'pending'
 			AND id > $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $3) AND (lease_until IS NULL OR lease_until < $3)
-			AND id NOT IN (SELECT j.value FROM in_flight f, json_each(f.log_ids) AS j
-				WHERE f.delivery_id = $1 AND f.max_id > $2)
+			AND id NOT IN ` + flightIDsWhere("$1", `f.max_id > $2`) + `
 			ORDER BY id LIMIT $4`,
 		// The batch is parsed once into a materialised table, then joined by primary key: with
 		// json_each in the FROM of the UPDATE itself, SQLite may scan sending_log and evaluate

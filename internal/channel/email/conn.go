@@ -299,15 +299,20 @@ func (c *conn) writeEnvelope(from, to string) {
 // writes as it is. It returns the logical stream position just after the
 // terminator.
 func (c *conn) writeData(data []byte, plain bool) int64 {
-	w := c.w
 	if plain {
-		w.Write(data)
-		if len(data) > 0 && data[len(data)-1] != '\n' {
-			w.WriteString("\r\n")
-		}
-		w.WriteString(".\r\n")
-		return c.pos()
+		c.w.Write(data)
+	} else {
+		writeStuffed(c.w, data)
 	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		c.w.WriteString("\r\n")
+	}
+	c.w.WriteString(".\r\n")
+	return c.pos()
+}
+
+// writeStuffed writes data dot-stuffed, each bare LF made CRLF.
+func writeStuffed(w *bufio.Writer, data []byte) {
 	if len(data) > 0 && data[0] == '.' {
 		w.WriteByte('.')
 	}
@@ -331,9 +336,4 @@ func (c *conn) writeData(data []byte, plain bool) int64 {
 		i = j + 1
 	}
 	w.Write(data[seg:])
-	if len(data) > 0 && data[len(data)-1] != '\n' {
-		w.WriteString("\r\n")
-	}
-	w.WriteString(".\r\n")
-	return c.pos()
 }
