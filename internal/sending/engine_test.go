@@ -105,7 +105,13 @@ func (f *fixture) engine(t *testing.T, sender channel.Sender, node string, batch
 
 func transport(t *testing.T, srv *smtptest.Server) *email.Transport {
 	t.Helper()
-	relays, err := email.ParseRelays("smtp://" + srv.Addr() + "?starttls=off")
+	return transportWith(t, srv, "")
+}
+
+// transportWith is transport with more relay options ("&max_conns=4").
+func transportWith(t *testing.T, srv *smtptest.Server, options string) *email.Transport {
+	t.Helper()
+	relays, err := email.ParseRelays("smtp://" + srv.Addr() + "?starttls=off" + options)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,7 +546,8 @@ func TestPauseStopsWithinASecondAndResumeContinues(t *testing.T) {
 		for _, a := range f.addrs {
 			srv.Script(a, smtptest.Always(smtptest.Action{Delay: 20 * time.Millisecond}))
 		}
-		tr := transport(t, srv)
+		// Four connections take 200 ms over the batch, time for the pause to land in it.
+		tr := transportWith(t, srv, "&max_conns=4")
 		e := f.engine(t, tr, "n1", 40)
 		ctx := t.Context()
 		if err := e.Start(ctx); err != nil {
