@@ -51,7 +51,7 @@ type Relay struct {
 // deliveries an MTA makes to one destination. A pipelined connection carries
 // one message per round trip, so the connections in use bound how much a
 // relay has to work on while Herald reads its replies: against smtp-sink on
-// loopback, 16 to 24 connections sent 3-9% more than 8 did, while pushing
+// loopback, 16 to 24 connections sent 2-9% more than 8 did, while pushing
 // ready-made messages over them was 1-4% slower (docs/benchmarks.md).
 const DefaultMaxConns = 20
 
