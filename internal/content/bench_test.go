@@ -3,42 +3,62 @@ package content
 import (
 	"bytes"
 	"strconv"
+	"strings"
 	"testing"
 )
 
 // BenchmarkRender renders the ~2 KB newsletter (name, email and city personalisation, a loop of
-// three products, nine tracked links, the open pixel and the derived text) for one recipient.
+// three products, nine tracked links, the open pixel and the derived text) for recipients in
+// turn, each with their own name, city, address and tracking tokens, as a send does.
 func BenchmarkRender(b *testing.B) {
 	tpl, err := Compile(newsletter(b), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	tracked := make([]string, len(tpl.Links()))
-	for i := range tracked {
-		tracked[i] = "https://herald.example.com/t/c/AAAAAAAAAAAAAAAAAAAAAAAA" + strconv.Itoa(i)
+	recipients := benchRecipients()
+	var opts [len(benchNames)]RenderOptions
+	for k := range opts {
+		opts[k] = RenderOptions{
+			LinkRewriter: func(i int, u string) string {
+				if tpl.Links()[i].Kind != LinkHTTP {
+					return u
+				}
+				return "https://herald.example.com/t/c/AAAAAAAAAAAAAAAAAAAAA" + strconv.Itoa(100*k+i)
+			},
+			PixelURL: "https://herald.example.com/t/o/AAAAAAAAAAAAAAAAAAAAAA" + strconv.Itoa(k),
+		}
 	}
-	opts := RenderOptions{
-		LinkRewriter: func(i int, u string) string {
-			if tpl.Links()[i].Kind != LinkHTTP {
-				return u
-			}
-			return tracked[i]
-		},
-		PixelURL: "https://herald.example.com/t/o/AAAAAAAAAAAAAAAAAAAAAAAA",
-	}
-	rc := annie()
 	r := tpl.NewRenderer()
-	m, err := r.Render(rc, opts)
+	m, err := r.Render(recipients[0], opts[0])
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(int64(len(m.HTML) + len(m.Text)))
 	b.ReportAllocs()
+	k := 0
 	for b.Loop() {
-		if _, err := r.Render(rc, opts); err != nil {
+		if _, err := r.Render(recipients[k], opts[k]); err != nil {
 			b.Fatal(err)
 		}
+		k = (k + 1) % len(recipients)
 	}
+}
+
+var benchNames = [...]string{"Annie", "Bartholomew", "Zoë", "Jo"}
+
+// benchRecipients are annie with other names, cities and addresses.
+func benchRecipients() []*Recipient {
+	cities := [...]string{"Lyon & Co", "Saint-Étienne-du-Rouvray", "Nice", "Aix"}
+	var out []*Recipient
+	for k, name := range benchNames {
+		rc := annie()
+		rc.ID += int64(k)
+		rc.Email = strings.ToLower(name) + "@example.org"
+		rc.Attributes["first_name"] = name
+		rc.Attributes["city"] = cities[k]
+		out = append(out, rc)
+	}
+	return out
 }
 
 // BenchmarkRenderNoText is BenchmarkRender with a written text part, to show what deriving the
@@ -86,21 +106,27 @@ func BenchmarkNewRenderer(b *testing.B) {
 	}
 }
 
-// BenchmarkDeriveText converts the rendered newsletter HTML to text.
+// BenchmarkDeriveText converts the rendered newsletter HTML of recipients in turn to text.
 func BenchmarkDeriveText(b *testing.B) {
 	tpl, err := Compile(newsletter(b), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	m, err := Preview(tpl, annie())
-	if err != nil {
-		b.Fatal(err)
+	var docs [][]byte
+	for _, rc := range benchRecipients() {
+		m, err := Preview(tpl, rc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		docs = append(docs, m.HTML)
 	}
 	var c textConverter
 	var buf bytes.Buffer
 	b.ReportAllocs()
+	k := 0
 	for b.Loop() {
 		buf.Reset()
-		c.convert(&buf, m.HTML)
+		c.convert(&buf, docs[k])
+		k = (k + 1) % len(docs)
 	}
 }

@@ -58,6 +58,12 @@ type textConverter struct {
 	name      [16]byte
 	// memo remembers what long text runs became (see textMemo); it outlives convert.
 	memo textMemo
+	// replay keeps the last document converted, to copy what is the same in the next (see
+	// textReplay); it outlives convert.
+	replay textReplay
+	// far says the token being converted read to the end of the document (an unclosed
+	// skipped element) and so depends on more than its own bytes.
+	far bool
 }
 
 // textState is the part of a converter's state that a run of text reads and changes.
@@ -68,6 +74,17 @@ type textState struct {
 
 func (c *textConverter) state() textState {
 	return textState{col: c.col, nl: c.nl, space: c.space, started: c.started, afterLink: c.afterLink}
+}
+
+// loose is s with what no token reads left out: while line breaks are due, the next thing
+// written writes them and starts a line, so the column and a due space do not matter.
+// (Whether a link ended just before does: a list item writes its marker without resetting
+// that, and the word after it reads it.)
+func (s textState) loose() textState {
+	if s.nl > 0 && s.started {
+		s.col, s.space = 0, false
+	}
+	return s
 }
 
 func (c *textConverter) setState(s textState) {
@@ -137,45 +154,140 @@ func (c *textConverter) text(b []byte) {
 	c.memo.bytes += len(b) + len(out)
 }
 
+// Every recipient's HTML comes from the same template and the values put into it are escaped,
+// so convert's loop meets the same tokens (a text run and the tag after it) in the same order
+// from one message to the next, and most of them are the same bytes. A token's output and the
+// state it leaves depend only on the state before it (textState, when no list or link is open)
+// and on its own bytes. The one exception is an unclosed script or style, which looks for its
+// end through the rest of the document: it is marked far and never copied. (replayLookahead
+// bytes more are compared: the test for a comment reads past a tag shorter than "<!--", though
+// what it finds there changes nothing.)
+//
+// So the converter keeps the last document: where each token started, the state there and the
+// length of the text before it. When token k of a document starts in the same simple state as
+// token k of the last one (compared loosely, textState.loose), the tokens from k on whose bytes
+// are the same are not converted: the last document's text for them is copied and its state
+// after them taken. Where a template's conditionals or loops change the tokens from one
+// recipient to the next, the tokens stop lining up and fewer are copied.
+const replayLookahead = len("<!--")
+
+type textReplay struct {
+	src, out []byte     // the last document and its text, without the final line break
+	bounds   []boundary // where each of its tokens started
+	cur      []boundary // the same for the document being converted
+	tokens   int        // tokens copied, for tests
+	off      bool       // convert every token, for the differential test
+}
+
+type boundary struct {
+	pos, out int // offset of the token in the document, length of the text before it
+	st       textState
+	simple   bool // no list or link open: st is all the state the token reads
+	far      bool // the token read to the end of the document
+}
+
+// match returns the last token m > k such that the document's tokens k to m-1 are the last
+// document's, from a position whose state is b's, and m starts in a simple state.
+func (r *textReplay) match(k int, b boundary, src []byte) (int, bool) {
+	pb := r.bounds
+	if !pb[k].simple || pb[k].st.loose() != b.st.loose() {
+		return 0, false
+	}
+	delta := b.pos - pb[k].pos
+	m := k
+	for m+1 < len(pb) && !pb[m].far {
+		from, to := pb[m].pos, pb[m+1].pos
+		if to+delta > len(src) || !bytes.Equal(r.src[from:to], src[from+delta:to+delta]) {
+			break
+		}
+		m++
+	}
+	for ; m > k; m-- {
+		e := pb[m].pos
+		ahead := min(len(r.src)-e, replayLookahead)
+		if pb[m].simple && min(len(src)-e-delta, replayLookahead) == ahead &&
+			bytes.Equal(r.src[e:e+ahead], src[e+delta:e+delta+ahead]) {
+			return m, true
+		}
+	}
+	return 0, false
+}
+
 func (c *textConverter) convert(w *bytes.Buffer, src []byte) {
-	*c = textConverter{w: w, lists: c.lists[:0], scratch: c.scratch[:0], href: c.href[:0], tmp: c.tmp[:0], memo: c.memo}
+	*c = textConverter{w: w, lists: c.lists[:0], scratch: c.scratch[:0], href: c.href[:0], tmp: c.tmp[:0],
+		memo: c.memo, replay: c.replay}
+	r := &c.replay
+	r.cur = r.cur[:0]
+	start := w.Len()
 	n := len(src)
 	i := 0
 	for i < n {
-		j := bytes.IndexByte(src[i:], '<')
-		if j < 0 {
-			j = n - i
-		}
-		c.text(src[i : i+j])
-		i += j
-		if i >= n {
-			break
-		}
-		rest := src[i:]
-		switch {
-		case bytes.HasPrefix(rest, []byte("<!--")):
-			if end := bytes.Index(rest[4:], []byte("-->")); end >= 0 {
-				i += 4 + end + 3
-			} else {
-				i = n
+		b := boundary{pos: i, out: w.Len() - start, st: c.state(), simple: len(c.lists) == 0 && !c.inLink}
+		if k := len(r.cur); b.simple && !r.off && k < len(r.bounds) {
+			if m, ok := r.match(k, b, src); ok {
+				pb := r.bounds
+				w.Write(r.out[pb[k].out:pb[m].out])
+				for _, x := range pb[k:m] {
+					x.pos += b.pos - pb[k].pos
+					x.out += b.out - pb[k].out
+					r.cur = append(r.cur, x)
+				}
+				c.setState(pb[m].st)
+				r.tokens += m - k
+				i = pb[m].pos + b.pos - pb[k].pos
+				continue
 			}
-		case bytes.HasPrefix(rest, []byte("<!")) || bytes.HasPrefix(rest, []byte("<?")):
-			i = skipPastBytes(src, i, '>')
-		case bytes.HasPrefix(rest, []byte("</")):
-			name, k := c.tagName(src, i+2)
-			c.endTag(name)
-			i = skipPastBytes(src, k, '>')
-		case len(rest) > 1 && isASCIILetter(rest[1]):
-			name, k := c.tagName(src, i+1)
-			i = c.startTag(src, name, k)
-		default:
-			c.text(rest[:1])
-			i++
+		}
+		r.cur = append(r.cur, b)
+		i = c.token(src, i)
+		if c.far {
+			r.cur[len(r.cur)-1].far = true
+			c.far = false
 		}
 	}
+	r.src = append(r.src[:0], src...)
+	r.out = append(r.out[:0], w.Bytes()[start:]...)
+	r.bounds, r.cur = r.cur, r.bounds
 	if c.started {
 		w.WriteByte('\n')
 	}
+}
+
+// token converts the text run at src[i:] and the tag or markup after it, and returns where the
+// next token starts.
+func (c *textConverter) token(src []byte, i int) int {
+	n := len(src)
+	j := bytes.IndexByte(src[i:], '<')
+	if j < 0 {
+		j = n - i
+	}
+	c.text(src[i : i+j])
+	i += j
+	if i >= n {
+		return n
+	}
+	rest := src[i:]
+	switch {
+	case bytes.HasPrefix(rest, []byte("<!--")):
+		if end := bytes.Index(rest[4:], []byte("-->")); end >= 0 {
+			i += 4 + end + 3
+		} else {
+			i = n
+		}
+	case bytes.HasPrefix(rest, []byte("<!")) || bytes.HasPrefix(rest, []byte("<?")):
+		i = skipPastBytes(src, i, '>')
+	case bytes.HasPrefix(rest, []byte("</")):
+		name, k := c.tagName(src, i+2)
+		c.endTag(name)
+		i = skipPastBytes(src, k, '>')
+	case len(rest) > 1 && isASCIILetter(rest[1]):
+		name, k := c.tagName(src, i+1)
+		i = c.startTag(src, name, k)
+	default:
+		c.text(rest[:1])
+		i++
+	}
+	return i
 }
 
 // tagName reads a tag name at src[i:], lower-cased into c.name; the string does not allocate
@@ -215,6 +327,7 @@ func (c *textConverter) startTag(src, name []byte, k int) int {
 		if close := findClose(src, end, name); close >= 0 {
 			return close
 		}
+		c.far = true
 		return end
 	}
 	if nb := blockBreak(name); nb > 0 {
