@@ -78,8 +78,8 @@ func (c *textConverter) state() textState {
 
 // loose is s with what no token reads left out: while line breaks are due, the next thing
 // written writes them and starts a line, so the column and a due space do not matter.
-// (Whether a link ended just before does: a list item writes its marker without resetting
-// that, and the word after it reads it.)
+// Whether a link has just ended is compared all the same: it is read by what a token writes
+// first (a word, a list item), and the cost of keeping it is a few tokens not copied.
 func (s textState) loose() textState {
 	if s.nl > 0 && s.started {
 		s.col, s.space = 0, false
@@ -348,7 +348,8 @@ func (c *textConverter) startTag(src, name []byte, k int) int {
 		} else {
 			c.put([]byte("- "))
 		}
-		c.space = false
+		// The marker is what follows a link that ended before the item, not its first word.
+		c.space, c.afterLink = false, false
 	case "td", "th":
 		c.space = true
 	case "a":

@@ -132,10 +132,9 @@ func TestTextReplayCopiesTheSharedTokens(t *testing.T) {
 	}
 }
 
-// TestTextReplayKeepsWhetherALinkJustEnded: while line breaks are due the column does not
-// matter, but whether a link's address was just written does, since a list item's marker
-// does not reset it and the word after the marker reads it. A link without an address writes
-// none, so the same list after it must not be copied from a document whose link had one.
+// TestTextReplayKeepsWhetherALinkJustEnded: a link with an address writes it and one without
+// does not; the same list after either comes out as a converter that copies nothing writes
+// it, with one space after each marker.
 func TestTextReplayKeepsWhetherALinkJustEnded(t *testing.T) {
 	var c, plain textConverter
 	plain.memo.off, plain.replay.off = true, true
@@ -148,6 +147,9 @@ func TestTextReplayKeepsWhetherALinkJustEnded(t *testing.T) {
 		plain.convert(&want, doc)
 		if got.String() != want.String() {
 			t.Fatalf("link to %q:\nreplay %q\nplain  %q", href, got.String(), want.String())
+		}
+		if !strings.Contains(got.String(), "\n- item one\n") {
+			t.Fatalf("link to %q: the first item is not \"- item one\": %q", href, got.String())
 		}
 	}
 }
