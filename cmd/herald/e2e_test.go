@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"math"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/internal/channel/email/smtptest"
+	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
 )
 
@@ -192,5 +194,84 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSendingSettingsReachTheEngine: `herald serve` paces a recipient domain capped in
+// HERALD_DOMAIN_LIMITS and retries a soft failure after the first wait of HERALD_RETRY_BACKOFF.
+func TestSendingSettingsReachTheEngine(t *testing.T) {
+	dsn := storetest.DSN(t, storetest.Engines()[0])
+	mail := smtptest.Start(t, smtptest.Options{})
+	mail.Script("dan@busy.example", smtptest.Always(smtptest.Action{Code: 451, Enhanced: "4.3.0", Text: "busy"}))
+	for _, u := range [][]string{{"maker", "Prepare deliveries"}, {"starter", "Start deliveries"}} {
+		if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
+			t.Fatalf("user add: %v\n%s", err, out)
+		}
+	}
+	csv := filepath.Join(t.TempDir(), "p.csv")
+	_ = os.WriteFile(csv, []byte("email\nann@slow.example\nbob@slow.example\ncyd@slow.example\ndan@busy.example\n"), 0o600)
+	if out, err := run(t, dsn, "", "import", "profiles", csv); err != nil {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	token := func(login string) string {
+		out, err := run(t, dsn, "", "token", "create", "--login", login)
+		if err != nil {
+			t.Fatalf("token: %v\n%s", err, out)
+		}
+		return strings.Fields(out)[0]
+	}
+	maker, starter := token("maker"), token("starter")
+	s := startServer(t, dsn, "HERALD_SMTP_RELAYS=smtp://"+mail.Addr()+"?starttls=off",
+		"HERALD_DOMAIN_LIMITS=slow.example=2", "HERALD_RETRY_BACKOFF=7m,1h")
+	defer s.stop(t)
+	api := "http://" + s.addr + "/api/v1"
+	if code, b := crashPost(t, api+"/audiences", maker, map[string]any{"name": "all", "filter": "id > 0"}); code != 201 {
+		t.Fatalf("audience: %d %v", code, b)
+	}
+	code, d := crashPost(t, api+"/deliveries", maker, map[string]any{"name": "Paced", "channel": "email", "audience_id": 1,
+		"content": map[string]any{"from_name": "Shop", "from_address": "news@shop.example", "subject": "Hi",
+			"html": `<html><body><p>Hi</p><a href="{{.unsubscribe_url}}">Unsubscribe</a></body></html>`}})
+	if code != 201 {
+		t.Fatalf("delivery: %d %v", code, d)
+	}
+	id := fmt.Sprint(d["id"])
+	if code, d := crashPost(t, api+"/deliveries/"+id+"/prepare", maker, nil); code != 200 || d["state"] != "ready" {
+		t.Fatalf("prepare: %d %v", code, d)
+	}
+	if code, d := crashPost(t, api+"/deliveries/"+id+"/confirm", starter, nil); code != 200 {
+		t.Fatalf("confirm: %d %v", code, d)
+	}
+	// Two a second with a burst of one: the third reaches the server a second after the first.
+	var first time.Time
+	deadline := time.Now().Add(30 * time.Second)
+	for len(mail.Messages()) < 3 {
+		if first.IsZero() && len(mail.Messages()) > 0 {
+			first = time.Now()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the three slow.example messages arrived", len(mail.Messages()))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if first.IsZero() {
+		first = time.Now()
+	}
+	if took := time.Since(first); took < 800*time.Millisecond {
+		t.Fatalf("three messages to slow.example within %v: the cap of 2 a second was not applied", took)
+	}
+	db, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var attempts int
+	var next int64
+	waitFor(t, "dan's soft failure", func() bool {
+		err := db.Read.QueryRow(`SELECT l.attempts, coalesce(l.next_attempt_at, 0) FROM sending_log l
+			JOIN profiles p ON p.id = l.profile_id WHERE p.email = 'dan@busy.example'`).Scan(&attempts, &next)
+		return err == nil && attempts == 1
+	})
+	if wait := time.Until(time.UnixMilli(next)); wait < 6*time.Minute+50*time.Second || wait > 7*time.Minute {
+		t.Fatalf("dan's retry is due in %v, want the 7m of HERALD_RETRY_BACKOFF", wait)
 	}
 }

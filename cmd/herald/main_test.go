@@ -15,11 +15,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/heraldhq/herald/internal/config"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
 )
@@ -377,4 +379,31 @@ func TestDeliveryCommands(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	s.stop(t)
+}
+
+// TestSendingSettings: HERALD_DOMAIN_LIMITS and HERALD_RETRY_BACKOFF reach the transport and the
+// engine as written, and a mistake in either stops serve with the variable and the entry named.
+func TestSendingSettings(t *testing.T) {
+	cfg := config.Config{DomainLimits: "gmail.com=50,*=200", RetryBackoff: "10m,1h"}
+	limits, backoff, err := sendingSettings(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limits.Rates["gmail.com"] != 50 || limits.Default != 200 || !slices.Equal(backoff, []time.Duration{10 * time.Minute, time.Hour}) {
+		t.Fatalf("got %+v and %v", limits, backoff)
+	}
+	if limits, backoff, err = sendingSettings(&config.Config{}); err != nil || limits.Rates != nil || limits.Default != 0 || backoff != nil {
+		t.Fatalf("unset: got %+v, %v, %v; want no caps and the engine's schedule", limits, backoff, err)
+	}
+	for _, c := range []struct{ env, want string }{
+		{"HERALD_DOMAIN_LIMITS=gmail.com=fast", `HERALD_DOMAIN_LIMITS: entry 1 "gmail.com=fast"`},
+		{"HERALD_RETRY_BACKOFF=1h,10m", `HERALD_RETRY_BACKOFF: entry 2 "10m" is shorter than the wait before it`},
+	} {
+		cmd := exec.Command(heraldBin, "serve")
+		cmd.Env = append(os.Environ(), "HERALD_DB="+filepath.Join(t.TempDir(), "h.db"), "HERALD_ADDR=127.0.0.1:0", c.env)
+		b, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(b), c.want) {
+			t.Errorf("%s: %v\n%s", c.env, err, b)
+		}
+	}
 }

@@ -256,22 +256,49 @@ func startTracking(ctx context.Context, db *store.DB, cfg *config.Config, profil
 	return h, rec, links, sink, nil
 }
 
+// sendingSettings reads HERALD_DOMAIN_LIMITS and HERALD_RETRY_BACKOFF, also in capture mode,
+// so that a mistake shows before the first relay is configured. A nil schedule means the
+// engine's default.
+func sendingSettings(cfg *config.Config) (email.DomainLimits, []time.Duration, error) {
+	var (
+		limits  email.DomainLimits
+		backoff []time.Duration
+		err     error
+	)
+	if cfg.DomainLimits != "" {
+		if limits, err = email.ParseDomainLimits(cfg.DomainLimits); err != nil {
+			return limits, nil, fmt.Errorf("HERALD_DOMAIN_LIMITS: %w", err)
+		}
+	}
+	if cfg.RetryBackoff != "" {
+		if backoff, err = sending.ParseBackoff(cfg.RetryBackoff); err != nil {
+			return limits, nil, fmt.Errorf("HERALD_RETRY_BACKOFF: %w", err)
+		}
+	}
+	return limits, backoff, nil
+}
+
 // startEngine starts the sending engine: over the relays of HERALD_SMTP_RELAYS, or in capture
 // mode (messages kept in the database and listed at /api/v1/captured) when none is set.
 func startEngine(ctx context.Context, db *store.DB, cfg *config.Config, clk clock.Clock, deliveries *delivery.Service,
 	q *quarantine.Service, links *tracking.Links, log *slog.Logger) (*sending.Engine, channel.Sender, error) {
+	limits, backoff, err := sendingSettings(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
 	var sender channel.Sender
 	if cfg.SMTPRelays != "" {
 		relays, err := email.ParseRelays(cfg.SMTPRelays)
 		if err != nil {
 			return nil, nil, fmt.Errorf("HERALD_SMTP_RELAYS: %w", err)
 		}
-		t, err := email.New(email.Options{Relays: relays, Logger: log})
+		t, err := email.New(email.Options{Relays: relays, Domains: limits, Logger: log})
 		if err != nil {
 			return nil, nil, fmt.Errorf("HERALD_SMTP_RELAYS: %w", err)
 		}
 		sender = t
-		log.Info("sending through SMTP", "relays", len(relays))
+		log.Info("sending through SMTP", "relays", len(relays), "capped_domains", len(limits.Rates),
+			"other_domains_cap", limits.Default)
 	} else {
 		sender = sending.NewCaptureSender(db, clk)
 		log.Info("capture mode: no HERALD_SMTP_RELAYS, so messages are kept locally and listed at /api/v1/captured")
@@ -291,7 +318,7 @@ func startEngine(ctx context.Context, db *store.DB, cfg *config.Config, clk cloc
 		return nil, nil, err
 	}
 	eng, err := sending.New(sending.Config{DB: db, Deliveries: deliveries, Quarantine: q, Sender: sender, Links: links,
-		ReturnPath: rp, DKIM: dkim, NodeID: nodeID(cfg), Clock: clk, Logger: log})
+		ReturnPath: rp, DKIM: dkim, NodeID: nodeID(cfg), Backoff: backoff, Clock: clk, Logger: log})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -34,6 +34,12 @@ type Config struct {
 	// HERALD_DKIM_SELECTOR); the public key is published at <selector>._domainkey.<domain>.
 	DKIMDomain   string
 	DKIMSelector string
+	// RetryBackoff is the wait before each retry of a soft failure, comma-separated durations
+	// (HERALD_RETRY_BACKOFF, e.g. 15m,30m,1h,2h,4h,24h); empty: the engine's default.
+	RetryBackoff string
+	// DomainLimits caps messages per second per recipient domain, domain=rate pairs with * for
+	// every other domain (HERALD_DOMAIN_LIMITS, e.g. gmail.com=50,*=200); empty: no fixed cap.
+	DomainLimits string
 	// LogLevel is debug, info, warn or error (HERALD_LOG_LEVEL, default info).
 	LogLevel string
 	// LogFormat is text or json (HERALD_LOG_FORMAT, default text).
@@ -53,6 +59,8 @@ func FromEnv() Config {
 		DKIMKeyFile:   os.Getenv("HERALD_DKIM_KEY_FILE"),
 		DKIMDomain:    os.Getenv("HERALD_DKIM_DOMAIN"),
 		DKIMSelector:  os.Getenv("HERALD_DKIM_SELECTOR"),
+		RetryBackoff:  os.Getenv("HERALD_RETRY_BACKOFF"),
+		DomainLimits:  os.Getenv("HERALD_DOMAIN_LIMITS"),
 		LogLevel:      env("HERALD_LOG_LEVEL", "info"),
 		LogFormat:     env("HERALD_LOG_FORMAT", "text"),
 	}

@@ -44,6 +44,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,28 @@ import (
 // DefaultBackoff is the wait before each retry of a soft failure, ACS-like: the n-th retry
 // waits DefaultBackoff[n-1], and every retry after the last entry waits the last entry.
 var DefaultBackoff = []time.Duration{15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour, 24 * time.Hour}
+
+// ParseBackoff reads a retry schedule written as comma-separated durations, e.g.
+// "15m,30m,1h,2h,4h,24h" (DefaultBackoff): the n-th retry waits the n-th entry, and every
+// retry after the last waits the last. Each wait must be at least a second and no shorter than
+// the one before it. Errors name the entry at fault.
+func ParseBackoff(s string) ([]time.Duration, error) {
+	var out []time.Duration
+	for n, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		d, err := time.ParseDuration(item)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("entry %d %q is not a duration such as 15m, 2h or 24h", n+1, item)
+		case d < time.Second:
+			return nil, fmt.Errorf("entry %d %q is shorter than a second", n+1, item)
+		case len(out) > 0 && d < out[len(out)-1]:
+			return nil, fmt.Errorf("entry %d %q is shorter than the wait before it (%v)", n+1, item, out[len(out)-1])
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
 
 // Defaults of Config.
 const (

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,9 +95,17 @@ func testTracking(tb testing.TB) (*tracking.Links, *ReturnPath) {
 
 func (f *fixture) engine(t *testing.T, sender channel.Sender, node string, batch int) *Engine {
 	t.Helper()
+	return f.engineWith(t, sender, node, batch, func(*Config) {})
+}
+
+// engineWith is engine with set changing the configuration first.
+func (f *fixture) engineWith(t *testing.T, sender channel.Sender, node string, batch int, set func(*Config)) *Engine {
+	t.Helper()
 	links, rp := testTracking(t)
-	e, err := New(Config{DB: f.db, Deliveries: f.del, Quarantine: f.quar, Sender: sender, Links: links, ReturnPath: rp,
-		NodeID: node, BatchSize: batch, Workers: 1, Clock: f.clk, WatchInterval: 10 * time.Millisecond, PollInterval: 10 * time.Millisecond})
+	cfg := Config{DB: f.db, Deliveries: f.del, Quarantine: f.quar, Sender: sender, Links: links, ReturnPath: rp,
+		NodeID: node, BatchSize: batch, Workers: 1, Clock: f.clk, WatchInterval: 10 * time.Millisecond, PollInterval: 10 * time.Millisecond}
+	set(&cfg)
+	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,6 +297,33 @@ func TestSoftFailureRetriesAfterBackoffThenSends(t *testing.T) {
 		}
 		if s := f.state(t); s != delivery.Finished {
 			t.Fatalf("delivery is %s, want finished", s)
+		}
+	})
+}
+
+// TestConfiguredBackoff: a schedule from HERALD_RETRY_BACKOFF's syntax spaces the retries, the
+// last wait repeating once the schedule runs out.
+func TestConfiguredBackoff(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 1, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		srv.Script(f.addrs[0], smtptest.FailTimes(3, 450, "4.2.0", "mailbox busy"))
+		backoff, err := ParseBackoff("10m,40m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := f.engineWith(t, transport(t, srv), "n1", 10, func(c *Config) { c.Backoff = backoff })
+		for attempt, wait := range []time.Duration{10 * time.Minute, 40 * time.Minute, 40 * time.Minute} {
+			drain(t, e)
+			r := f.row(t, f.addrs[0])
+			if want := f.clk.Now().Add(wait).UnixMilli(); r.status != "pending" || r.attempts != attempt+1 || r.next.Int64 != want {
+				t.Fatalf("after failure %d: %+v, want pending until %v from now", attempt+1, r, wait)
+			}
+			f.clk.Advance(wait)
+		}
+		drain(t, e)
+		if r := f.row(t, f.addrs[0]); r.status != "sent" || r.attempts != 4 {
+			t.Fatalf("after three retries: %+v, want sent at attempt 4", r)
 		}
 	})
 }
@@ -898,4 +934,24 @@ func TestLeaseRenewedWhileSendIsSlow(t *testing.T) {
 			t.Fatalf("%d rows ambiguous after a slow but live send", n)
 		}
 	})
+}
+
+func TestParseBackoff(t *testing.T) {
+	got, err := ParseBackoff("15m, 30m,1h,2h,4h,24h")
+	if err != nil || !slices.Equal(got, DefaultBackoff) {
+		t.Fatalf("got %v, %v; want %v", got, err, DefaultBackoff)
+	}
+	for _, c := range []struct{ in, want string }{
+		{"", `entry 1 "" is not a duration`},
+		{"15m,soon", `entry 2 "soon" is not a duration such as 15m, 2h or 24h`},
+		{"15m,,1h", `entry 2 "" is not a duration`},
+		{"500ms", `entry 1 "500ms" is shorter than a second`},
+		{"1h,30m", `entry 2 "30m" is shorter than the wait before it (1h0m0s)`},
+		{"-5m", `entry 1 "-5m" is shorter than a second`},
+	} {
+		_, err := ParseBackoff(c.in)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: got %v, want an error with %q", c.in, err, c.want)
+		}
+	}
 }
