@@ -8,8 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -58,49 +56,24 @@ func TestSIGKILLWhileSending(t *testing.T) {
 	const n = 20_000
 	dsn := storetest.DSN(t, store.SQLite)
 	mail := smtptest.Start(t, smtptest.Options{})
-	for _, u := range [][]string{{"maker", "Prepare deliveries"}, {"starter", "Start deliveries"}} {
-		if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
-			t.Fatalf("user add: %v\n%s", err, out)
-		}
-	}
-	csv := filepath.Join(t.TempDir(), "people.csv")
+	tokens := addUsers(t, dsn, [2]string{"maker", "Prepare deliveries"}, [2]string{"starter", "Start deliveries"})
+	maker := tokens["maker"]
 	var buf bytes.Buffer
 	_, _ = io.Copy(&buf, profile.GenerateCSV(n, 3))
-	if err := os.WriteFile(csv, buf.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
+	if out := importProfiles(t, dsn, buf.Bytes()); !strings.Contains(out, fmt.Sprintf("%d created", n)) {
+		t.Fatalf("import: %s", out)
 	}
-	if out, err := run(t, dsn, "", "import", "profiles", csv); err != nil || !strings.Contains(out, fmt.Sprintf("%d created", n)) {
-		t.Fatalf("import: %v\n%s", err, out)
-	}
-	token := func(login string) string {
-		out, err := run(t, dsn, "", "token", "create", "--login", login)
-		if err != nil {
-			t.Fatalf("token create: %v\n%s", err, out)
-		}
-		return strings.Fields(out)[0]
-	}
-	maker, starter := token("maker"), token("starter")
 	env := func(int) []string {
 		return []string{"HERALD_SMTP_RELAYS=smtp://" + mail.Addr() + "?starttls=off", "HERALD_NODE_ID=crash-node"}
 	}
 
 	s := startServer(t, dsn, env(0)...)
 	api := func() string { return "http://" + s.addr + "/api/v1" }
-	if code, body := crashPost(t, api()+"/audiences", maker, map[string]any{"name": "all", "filter": "id > 0"}); code != 201 {
-		t.Fatalf("audience: %d %v", code, body)
-	}
-	code, d := crashPost(t, api()+"/deliveries", maker, map[string]any{"name": "Crash", "channel": "email", "audience_id": 1,
-		"content": map[string]any{"from_name": "Shop", "from_address": "news@shop.example", "subject": "Hello {{.attributes.first_name}}",
-			"html": `<p>Hello {{.attributes.first_name}} of {{.attributes.city}}</p><a href="https://shop.example/">Shop</a> <a href="{{.unsubscribe_url}}">Unsubscribe</a>`}})
-	if code != 201 {
-		t.Fatalf("create delivery: %d %v", code, d)
-	}
-	id := fmt.Sprint(d["id"])
-	if code, d := crashPost(t, api()+"/deliveries/"+id+"/prepare", maker, nil); code != 200 || d["state"] != "ready" {
-		t.Fatalf("prepare: %d %v", code, d)
-	}
-	if code, d := crashPost(t, api()+"/deliveries/"+id+"/confirm", starter, nil); code != 200 || d["state"] != "sending" {
-		t.Fatalf("confirm: %d %v", code, d)
+	id, d := launch(t, api(), maker, tokens["starter"], "Crash", map[string]any{"from_name": "Shop", "from_address": "news@shop.example",
+		"subject": "Hello {{.attributes.first_name}}",
+		"html":    `<p>Hello {{.attributes.first_name}} of {{.attributes.city}}</p><a href="https://shop.example/">Shop</a> <a href="{{.unsubscribe_url}}">Unsubscribe</a>`})
+	if d["state"] != "sending" {
+		t.Fatalf("confirm: %v", d)
 	}
 
 	db, err := store.Open(context.Background(), dsn)

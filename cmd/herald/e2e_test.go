@@ -9,10 +9,7 @@ import (
 	"mime/quotedprintable"
 	"net/http"
 	"net/smtp"
-	"os"
-	"path/filepath"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -35,46 +32,18 @@ func TestTrackingBouncesAndKPIsEndToEnd(t *testing.T) {
 			dsn := storetest.DSN(t, eng)
 			mail := smtptest.Start(t, smtptest.Options{})
 			mail.Script("dan@example.com", smtptest.Always(smtptest.Action{Code: 550, Enhanced: "5.1.1", Text: "no such user"}))
-			for _, u := range [][]string{{"maker", "Prepare deliveries"}, {"starter", "Start deliveries"}, {"boss", "Administration"}} {
-				if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
-					t.Fatalf("user add: %v\n%s", err, out)
-				}
-			}
-			csv := filepath.Join(t.TempDir(), "p.csv")
-			_ = os.WriteFile(csv, []byte("email,first_name\nann@example.com,Ann\nbob@example.com,Bob\ncyd@example.com,Cyd\ndan@example.com,Dan\neve@example.com,Eve\n"), 0o600)
-			if out, err := run(t, dsn, "", "import", "profiles", csv); err != nil {
-				t.Fatalf("import: %v\n%s", err, out)
-			}
-			token := func(login string) string {
-				out, err := run(t, dsn, "", "token", "create", "--login", login)
-				if err != nil {
-					t.Fatalf("token: %v\n%s", err, out)
-				}
-				return strings.Fields(out)[0]
-			}
-			maker, starter, boss := token("maker"), token("starter"), token("boss")
+			tokens := addUsers(t, dsn, [2]string{"maker", "Prepare deliveries"}, [2]string{"starter", "Start deliveries"}, [2]string{"boss", "Administration"})
+			maker, starter, boss := tokens["maker"], tokens["starter"], tokens["boss"]
+			importProfiles(t, dsn, []byte("email,first_name\nann@example.com,Ann\nbob@example.com,Bob\ncyd@example.com,Cyd\ndan@example.com,Dan\neve@example.com,Eve\n"))
 			bounceAddr := freeAddr(t)
 			s := startServer(t, dsn, "HERALD_SMTP_RELAYS=smtp://"+mail.Addr()+"?starttls=off",
 				"HERALD_BOUNCE_ADDR="+bounceAddr, "HERALD_BOUNCE_DOMAIN=bounces.herald.test")
 			defer s.stop(t)
 			api := "http://" + s.addr + "/api/v1"
 
-			if code, b := crashPost(t, api+"/audiences", maker, map[string]any{"name": "all", "filter": "id > 0"}); code != 201 {
-				t.Fatalf("audience: %d %v", code, b)
-			}
-			code, d := crashPost(t, api+"/deliveries", maker, map[string]any{"name": "Sale", "channel": "email", "audience_id": 1,
-				"content": map[string]any{"from_name": "Shop", "from_address": "news@shop.example", "subject": "Hi {{.attributes.first_name}}",
-					"html": `<html><body><p>Hi {{.attributes.first_name}}</p><a href="https://shop.example/sale">Sale</a> <a href="{{.unsubscribe_url}}">Unsubscribe</a></body></html>`}})
-			if code != 201 {
-				t.Fatalf("delivery: %d %v", code, d)
-			}
-			id := fmt.Sprint(d["id"])
-			if code, d := crashPost(t, api+"/deliveries/"+id+"/prepare", maker, nil); code != 200 || d["state"] != "ready" {
-				t.Fatalf("prepare: %d %v", code, d)
-			}
-			if code, d := crashPost(t, api+"/deliveries/"+id+"/confirm", starter, nil); code != 200 {
-				t.Fatalf("confirm: %d %v", code, d)
-			}
+			id, _ := launch(t, api, maker, starter, "Sale", map[string]any{"from_name": "Shop", "from_address": "news@shop.example",
+				"subject": "Hi {{.attributes.first_name}}",
+				"html":    `<html><body><p>Hi {{.attributes.first_name}}</p><a href="https://shop.example/sale">Sale</a> <a href="{{.unsubscribe_url}}">Unsubscribe</a></body></html>`})
 			waitFor(t, "the delivery to finish", func() bool {
 				_, d := getJSON(t, api+"/deliveries/"+id, maker)
 				return d["state"] == "finished"
@@ -203,44 +172,13 @@ func TestSendingSettingsReachTheEngine(t *testing.T) {
 	dsn := storetest.DSN(t, storetest.Engines()[0])
 	mail := smtptest.Start(t, smtptest.Options{})
 	mail.Script("dan@busy.example", smtptest.Always(smtptest.Action{Code: 451, Enhanced: "4.3.0", Text: "busy"}))
-	for _, u := range [][]string{{"maker", "Prepare deliveries"}, {"starter", "Start deliveries"}} {
-		if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
-			t.Fatalf("user add: %v\n%s", err, out)
-		}
-	}
-	csv := filepath.Join(t.TempDir(), "p.csv")
-	_ = os.WriteFile(csv, []byte("email\nann@slow.example\nbob@slow.example\ncyd@slow.example\ndan@busy.example\n"), 0o600)
-	if out, err := run(t, dsn, "", "import", "profiles", csv); err != nil {
-		t.Fatalf("import: %v\n%s", err, out)
-	}
-	token := func(login string) string {
-		out, err := run(t, dsn, "", "token", "create", "--login", login)
-		if err != nil {
-			t.Fatalf("token: %v\n%s", err, out)
-		}
-		return strings.Fields(out)[0]
-	}
-	maker, starter := token("maker"), token("starter")
+	tokens := addUsers(t, dsn, [2]string{"maker", "Prepare deliveries"}, [2]string{"starter", "Start deliveries"})
+	importProfiles(t, dsn, []byte("email\nann@slow.example\nbob@slow.example\ncyd@slow.example\ndan@busy.example\n"))
 	s := startServer(t, dsn, "HERALD_SMTP_RELAYS=smtp://"+mail.Addr()+"?starttls=off",
 		"HERALD_DOMAIN_LIMITS=slow.example=2", "HERALD_RETRY_BACKOFF=7m,1h")
 	defer s.stop(t)
-	api := "http://" + s.addr + "/api/v1"
-	if code, b := crashPost(t, api+"/audiences", maker, map[string]any{"name": "all", "filter": "id > 0"}); code != 201 {
-		t.Fatalf("audience: %d %v", code, b)
-	}
-	code, d := crashPost(t, api+"/deliveries", maker, map[string]any{"name": "Paced", "channel": "email", "audience_id": 1,
-		"content": map[string]any{"from_name": "Shop", "from_address": "news@shop.example", "subject": "Hi",
-			"html": `<html><body><p>Hi</p><a href="{{.unsubscribe_url}}">Unsubscribe</a></body></html>`}})
-	if code != 201 {
-		t.Fatalf("delivery: %d %v", code, d)
-	}
-	id := fmt.Sprint(d["id"])
-	if code, d := crashPost(t, api+"/deliveries/"+id+"/prepare", maker, nil); code != 200 || d["state"] != "ready" {
-		t.Fatalf("prepare: %d %v", code, d)
-	}
-	if code, d := crashPost(t, api+"/deliveries/"+id+"/confirm", starter, nil); code != 200 {
-		t.Fatalf("confirm: %d %v", code, d)
-	}
+	launch(t, "http://"+s.addr+"/api/v1", tokens["maker"], tokens["starter"], "Paced", map[string]any{"from_name": "Shop",
+		"from_address": "news@shop.example", "subject": "Hi", "html": `<html><body><p>Hi</p><a href="{{.unsubscribe_url}}">Unsubscribe</a></body></html>`})
 	// Two a second with a burst of one: the third reaches the server a second after the first.
 	var first time.Time
 	deadline := time.Now().Add(30 * time.Second)

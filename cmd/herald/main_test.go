@@ -298,16 +298,8 @@ func TestImportProfilesCommand(t *testing.T) {
 
 func TestDeliveryCommands(t *testing.T) {
 	dsn := storetest.DSN(t, store.SQLite)
-	for _, u := range [][]string{{"maker", "Prepare deliveries"}, {"starter", "Start deliveries"}} {
-		if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
-			t.Fatalf("user add: %v\n%s", err, out)
-		}
-	}
-	file := filepath.Join(t.TempDir(), "p.csv")
-	_ = os.WriteFile(file, []byte("email,first_name\nann@example.com,Ann\nbob@example.com,Bob\n"), 0o600)
-	if out, err := run(t, dsn, "", "import", "profiles", file); err != nil {
-		t.Fatalf("import: %v\n%s", err, out)
-	}
+	addUsers(t, dsn, [2]string{"maker", "Prepare deliveries"}, [2]string{"starter", "Start deliveries"})
+	importProfiles(t, dsn, []byte("email,first_name\nann@example.com,Ann\nbob@example.com,Bob\n"))
 	// DKIM configured: every message the server sends is signed.
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	der, _ := x509.MarshalPKCS8PrivateKey(priv)
@@ -406,4 +398,60 @@ func TestSendingSettings(t *testing.T) {
 			t.Errorf("%s: %v\n%s", c.env, err, b)
 		}
 	}
+}
+
+// addUsers adds each {login, role} with the password "password of LOGIN" and returns an API
+// token for each login.
+func addUsers(t *testing.T, dsn string, users ...[2]string) map[string]string {
+	t.Helper()
+	tokens := map[string]string{}
+	for _, u := range users {
+		if out, err := run(t, dsn, "password of "+u[0]+"\n", "user", "add", "--login", u[0], "--role", u[1], "--password-stdin"); err != nil {
+			t.Fatalf("user add %s: %v\n%s", u[0], err, out)
+		}
+		out, err := run(t, dsn, "", "token", "create", "--login", u[0])
+		if err != nil {
+			t.Fatalf("token create %s: %v\n%s", u[0], err, out)
+		}
+		tokens[u[0]] = strings.Fields(out)[0]
+	}
+	return tokens
+}
+
+// importProfiles imports csv with `herald import profiles` and returns what the command printed.
+func importProfiles(t *testing.T, dsn string, csv []byte) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "profiles.csv")
+	if err := os.WriteFile(file, csv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, dsn, "", "import", "profiles", file)
+	if err != nil {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	return out
+}
+
+// launch creates an audience of every profile and a delivery of content to it, prepares the
+// delivery as maker and confirms it as starter. It returns the delivery's id and the answer
+// to the confirm.
+func launch(t *testing.T, api, maker, starter, name string, content map[string]any) (string, map[string]any) {
+	t.Helper()
+	code, a := crashPost(t, api+"/audiences", maker, map[string]any{"name": "all of " + name, "filter": "id > 0"})
+	if code != 201 {
+		t.Fatalf("audience: %d %v", code, a)
+	}
+	code, d := crashPost(t, api+"/deliveries", maker, map[string]any{"name": name, "channel": "email", "audience_id": a["id"], "content": content})
+	if code != 201 {
+		t.Fatalf("delivery: %d %v", code, d)
+	}
+	id := fmt.Sprint(d["id"])
+	if code, d := crashPost(t, api+"/deliveries/"+id+"/prepare", maker, nil); code != 200 || d["state"] != "ready" {
+		t.Fatalf("prepare: %d %v", code, d)
+	}
+	code, d = crashPost(t, api+"/deliveries/"+id+"/confirm", starter, nil)
+	if code != 200 {
+		t.Fatalf("confirm: %d %v", code, d)
+	}
+	return id, d
 }
