@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Clock tells the time. Limits and back-offs read it, so tests can move time
@@ -115,8 +116,10 @@ func ParseDomainLimits(s string) (DomainLimits, error) {
 	return l, nil
 }
 
-// validDomain reports whether d is a plausible DNS domain: dot-separated
-// labels of letters, digits and hyphens, none empty or longer than 63.
+// validDomain reports whether d is a plausible domain: dot-separated labels
+// of letters, digits and hyphens, none empty or longer than 63 bytes. Non-ASCII
+// letters are taken as they are, since addresses keep their domain as written
+// (an internationalized domain in its xn-- form matches addresses in that form).
 func validDomain(d string) bool {
 	if len(d) > 253 || !strings.Contains(d, ".") {
 		return false
@@ -127,7 +130,7 @@ func validDomain(d string) bool {
 		}
 		for i := 0; i < len(label); i++ {
 			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c >= utf8.RuneSelf) {
 				return false
 			}
 		}

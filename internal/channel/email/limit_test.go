@@ -95,11 +95,12 @@ func TestDomainLimiterConfiguredCap(t *testing.T) {
 }
 
 func TestParseDomainLimits(t *testing.T) {
-	l, err := ParseDomainLimits(" Gmail.com=50, yahoo.co.uk = 2.5 ,*=200,")
+	l, err := ParseDomainLimits(" Gmail.com=50, yahoo.co.uk = 2.5 ,*=200,Bücher.de=3,xn--bcher-kva.de=4")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Default != 200 || len(l.Rates) != 2 || l.Rates["gmail.com"] != 50 || l.Rates["yahoo.co.uk"] != 2.5 {
+	if l.Default != 200 || len(l.Rates) != 4 || l.Rates["gmail.com"] != 50 || l.Rates["yahoo.co.uk"] != 2.5 ||
+		l.Rates["bücher.de"] != 3 || l.Rates["xn--bcher-kva.de"] != 4 {
 		t.Fatalf("got %+v", l)
 	}
 	// The limiter caps what was parsed: gmail.com at 50 a second, so its 6th message at once waits.
