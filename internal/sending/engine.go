@@ -63,14 +63,20 @@ import (
 var DefaultBackoff = []time.Duration{15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour, 24 * time.Hour}
 
 // ParseBackoff reads a retry schedule written as comma-separated durations, e.g.
-// "15m,30m,1h,2h,4h,24h" (DefaultBackoff): the n-th retry waits the n-th entry, and every
-// retry after the last waits the last. Each wait must be at least a second and no shorter than
-// the one before it. Errors name the entry at fault.
+// "15m,30m,1h,2h,4h,24h" (DefaultBackoff; "1d" is 24h too): the n-th retry waits the n-th
+// entry, and every retry after the last waits the last. Each wait must be at least a second and
+// no shorter than the one before it. Errors name the entry at fault.
 func ParseBackoff(s string) ([]time.Duration, error) {
 	var out []time.Duration
 	for n, item := range strings.Split(s, ",") {
 		item = strings.TrimSpace(item)
 		d, err := time.ParseDuration(item)
+		if days, ok := strings.CutSuffix(item, "d"); ok && err != nil {
+			var k uint64
+			if k, err = strconv.ParseUint(days, 10, 16); err == nil {
+				d = time.Duration(k) * 24 * time.Hour
+			}
+		}
 		switch {
 		case err != nil:
 			return nil, fmt.Errorf("entry %d %q is not a duration such as 15m, 2h or 24h", n+1, item)

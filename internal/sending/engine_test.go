@@ -941,8 +941,13 @@ func TestParseBackoff(t *testing.T) {
 	if err != nil || !slices.Equal(got, DefaultBackoff) {
 		t.Fatalf("got %v, %v; want %v", got, err, DefaultBackoff)
 	}
+	if got, err := ParseBackoff("1h, 1d,2d"); err != nil || !slices.Equal(got, []time.Duration{time.Hour, 24 * time.Hour, 48 * time.Hour}) {
+		t.Fatalf("days: got %v, %v", got, err)
+	}
 	for _, c := range []struct{ in, want string }{
 		{"", `entry 1 "" is not a duration`},
+		{"1.5d", `entry 1 "1.5d" is not a duration`},
+		{"d", `entry 1 "d" is not a duration`},
 		{"15m,soon", `entry 2 "soon" is not a duration such as 15m, 2h or 24h`},
 		{"15m,,1h", `entry 2 "" is not a duration`},
 		{"500ms", `entry 1 "500ms" is shorter than a second`},
