@@ -60,7 +60,7 @@ type Template struct {
 	links    []Link
 	comments []string // kept conditional comments, restored at render
 	ranges   []rangeInfo
-	usesURL  map[string]bool // root fields referenced anywhere, e.g. "unsubscribe_url"
+	usesURL  map[string]bool // root fields referenced anywhere, e.g. "unsubscribe_url"; wholeRoot for . or $ itself
 	// The parts' plans (see plan), nil for a part that has none.
 	subjectPlan, htmlPlan, textPlan plan
 }
@@ -401,9 +401,16 @@ func (c *checker) arg(a parse.Node, root bool) {
 		if root {
 			c.rootField(a, a.Ident[0])
 		}
+	case *parse.DotNode:
+		if root {
+			c.uses[wholeRoot] = true
+		}
 	case *parse.VariableNode:
-		if a.Ident[0] == "$" && len(a.Ident) > 1 {
+		switch {
+		case a.Ident[0] == "$" && len(a.Ident) > 1:
 			c.rootField(a, a.Ident[1])
+		case a.Ident[0] == "$":
+			c.uses[wholeRoot] = true
 		}
 	case *parse.ChainNode:
 		c.arg(a.Node, root)

@@ -353,3 +353,27 @@ func TestPreview(t *testing.T) {
 		t.Errorf("subject = %q", m.Subject)
 	}
 }
+
+func TestUses(t *testing.T) {
+	for _, c := range []struct {
+		subject, html string
+		mirror, phone bool
+	}{
+		{"Hi", `<p>{{.email}}</p>`, false, false},
+		{"Hi {{.phone}}", `<a href="{{.mirror_url}}">View</a>`, true, true},
+		{"Hi", `<p>{{.}}</p>`, true, true},
+		{"Hi", `<p>{{with .attributes}}{{$.phone}}{{end}}</p>`, false, true},
+		{"Hi", `<p>{{with .attributes}}{{$}}{{end}}</p>`, true, true},
+		{"Hi", `{{range $k, $v := .}}{{$k}}{{end}}`, true, true},
+		{"Hi", `{{range .attributes.picks}}{{.}} {{.mirror_url}}{{end}}`, false, false},
+	} {
+		tpl, err := Compile(Content{FromAddress: "a@b.example", Subject: c.subject, HTML: c.html}, Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", c.html, err)
+		}
+		if tpl.Uses("mirror_url") != c.mirror || tpl.Uses("phone") != c.phone {
+			t.Errorf("%q %q: Uses mirror_url %v, phone %v; want %v, %v", c.subject, c.html,
+				tpl.Uses("mirror_url"), tpl.Uses("phone"), c.mirror, c.phone)
+		}
+	}
+}

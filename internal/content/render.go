@@ -527,3 +527,12 @@ func Preview(t *Template, rc *Recipient) (*Message, error) {
 
 // usesField reports whether any part references the root field name.
 func (t *Template) usesField(name string) bool { return t.usesURL[name] }
+
+// wholeRoot stands in the uses set for a part that reads the root itself ({{.}}, {{$}},
+// {{range .}}), and so may show any field.
+const wholeRoot = "."
+
+// Uses reports whether rendering may read the root field name (e.g. "mirror_url"): a part
+// references it, or reads the root as a whole. A caller may leave a field it does not use
+// empty in the Recipient.
+func (t *Template) Uses(name string) bool { return t.usesURL[name] || t.usesURL[wholeRoot] }

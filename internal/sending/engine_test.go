@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -958,5 +959,53 @@ func TestParseBackoff(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: got %v, want an error with %q", c.in, err, c.want)
 		}
+	}
+}
+
+// TestMirrorURLOnlyWhereShown: the mirror page's signed URL is made only for a template that
+// may show it: one that names {{.mirror_url}}, or reads the root as a whole ({{.}}, {{$}}, a
+// variable holding it). Where shown, it names the message's delivery.
+func TestMirrorURLOnlyWhereShown(t *testing.T) {
+	signer, err := tracking.NewSigner(tracking.Key{ID: 1, Secret: []byte("0123456789abcdef0123456789abcdef")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirrorRE := regexp.MustCompile(`https://herald\.example/t/m/([A-Za-z0-9_-]+)`)
+	for i, c := range []struct {
+		html   string
+		mirror bool
+	}{
+		{`<p>Hi</p><a href="{{.mirror_url}}">View in a browser</a>`, true},
+		{`<p>{{.}}</p>`, true},
+		{`<p>{{with $}}{{.mirror_url}}{{end}}</p>`, true},
+		{`<p>{{$r := .}}{{with .email}}{{$r.mirror_url}}{{end}}</p>`, true},
+		{`<p>Hi {{.email}}</p>`, false},
+	} {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			storetest.Each(t, func(t *testing.T, db *store.DB) {
+				f := newFixture(t, db, 1, 84*time.Hour)
+				ct := fmt.Sprintf(`{"from_name":"Shop","from_address":"news@shop.example","subject":"Hi","html":%q}`, c.html)
+				if _, err := db.Write.Exec(`UPDATE deliveries SET content = $1 WHERE id = $2`, ct, f.id); err != nil {
+					t.Fatal(err)
+				}
+				srv := smtptest.Start(t, smtptest.Options{})
+				drain(t, f.engine(t, transport(t, srv), "n1", 10))
+				msgs := srv.Messages()
+				if len(msgs) != 1 {
+					t.Fatalf("%s: %d messages sent, want 1", c.html, len(msgs))
+				}
+				m := mirrorRE.FindSubmatch(msgs[0].Data)
+				if (m != nil) != c.mirror {
+					t.Fatalf("%s: mirror URL in the message: %v, want %v\n%s", c.html, m != nil, c.mirror, msgs[0].Data)
+				}
+				if m == nil {
+					return
+				}
+				ref, err := signer.Verify(string(m[1]))
+				if err != nil || ref.Kind != tracking.KindMirror || ref.DeliveryID != f.id {
+					t.Fatalf("%s: mirror token %s: %+v, %v", c.html, m[1], ref, err)
+				}
+			})
+		})
 	}
 }

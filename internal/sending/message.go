@@ -224,6 +224,7 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 	}
 	b := &batch{rows: make([]row, 0, len(rows)), msgs: make([]channel.Message, 0, len(rows))}
 	w.buf = w.buf[:0]
+	mirror := t.tpl.Uses("mirror_url") // a signed token a message: only when shown
 	for _, row := range rows {
 		rc, ok := recipients[row.profileID]
 		switch {
@@ -241,7 +242,10 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 			if err != nil {
 				return nil, err
 			}
-			rc.UnsubscribeURL, rc.MirrorURL = tr.OptOut(), tr.Mirror()
+			rc.UnsubscribeURL = tr.OptOut()
+			if mirror {
+				rc.MirrorURL = tr.Mirror()
+			}
 			if !t.tracking.DisableClicks {
 				opts.LinkRewriter = tr.Rewriter(t.links)
 			}
