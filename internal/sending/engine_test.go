@@ -1,10 +1,13 @@
 package sending
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
+	"io"
 	"log/slog"
+	"mime/quotedprintable"
 	"regexp"
 	"slices"
 	"strconv"
@@ -1004,6 +1007,50 @@ func TestMirrorURLOnlyWhereShown(t *testing.T) {
 				ref, err := signer.Verify(string(m[1]))
 				if err != nil || ref.Kind != tracking.KindMirror || ref.DeliveryID != f.id {
 					t.Fatalf("%s: mirror token %s: %+v, %v", c.html, m[1], ref, err)
+				}
+			})
+		})
+	}
+}
+
+// TestProfileFieldsAsShown: a template that shows the profile's fields gets each of them; one
+// that shows none is sent all the same (the engine reads only the fields a template may show).
+func TestProfileFieldsAsShown(t *testing.T) {
+	for i, c := range []struct {
+		html string
+		want []string
+	}{
+		{`<p>{{.phone}} {{.locale}} {{.time_zone}} {{.external_id}} {{.created_at}}</p>`,
+			[]string{"+33612345678", "fr-FR", "Europe/Paris", "crm-42", "2026-"}},
+		{`<p>{{printf "%v" .}}</p>`, []string{"+33612345678", "fr-FR", "Europe/Paris", "crm-42", "2026-"}},
+		{`<p>{{.time_zone}}</p>`, []string{"Europe/Paris"}},
+		{`<p>Hello {{.attributes.first}}</p>`, []string{"Hello Ann0"}},
+	} {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			storetest.Each(t, func(t *testing.T, db *store.DB) {
+				f := newFixture(t, db, 1, 84*time.Hour)
+				ct := fmt.Sprintf(`{"from_name":"Shop","from_address":"news@shop.example","subject":"Hi","html":%q}`, c.html)
+				if _, err := db.Write.Exec(`UPDATE deliveries SET content = $1 WHERE id = $2`, ct, f.id); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := db.Write.Exec(`UPDATE profiles SET phone = '+33612345678', locale = 'fr-FR',
+					time_zone = 'Europe/Paris', external_id = 'crm-42'`); err != nil {
+					t.Fatal(err)
+				}
+				srv := smtptest.Start(t, smtptest.Options{})
+				drain(t, f.engine(t, transport(t, srv), "n1", 10))
+				msgs := srv.Messages()
+				if len(msgs) != 1 {
+					t.Fatalf("%d messages sent, want 1", len(msgs))
+				}
+				text, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(msgs[0].Data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, w := range c.want {
+					if !bytes.Contains(text, []byte(w)) {
+						t.Errorf("%s: the message lacks %q:\n%s", c.html, w, text)
+					}
 				}
 			})
 		})

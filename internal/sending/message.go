@@ -218,7 +218,7 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 		r = t.tpl.NewRenderer()
 		w.renderers[key] = r
 	}
-	recipients, err := e.recipients(ctx, rows)
+	recipients, err := e.recipients(ctx, rows, t.tpl)
 	if err != nil {
 		return nil, err
 	}
@@ -293,14 +293,24 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 	return b, nil
 }
 
-// recipients loads the profiles of rows in one query.
-func (e *Engine) recipients(ctx context.Context, rows []row) (map[int64]content.Recipient, error) {
+// recipientFields are the profile fields read only for a template that may show them, in the
+// order of the recipients statement's parameters $2 to $6.
+var recipientFields = [...]string{"phone", "locale", "time_zone", "external_id", "created_at"}
+
+// recipients loads the profiles of rows in one query, with the fields tpl may show.
+func (e *Engine) recipients(ctx context.Context, rows []row, tpl *content.Template) (map[int64]content.Recipient, error) {
 	pids := make([]int64, len(rows))
 	for i, r := range rows {
 		pids[i] = r.profileID
 	}
 	_, arg := e.sql.idSet(pids, 1)
-	q, err := e.readQuery(ctx, e.sql.recipients, arg)
+	args := []any{arg, 0, 0, 0, 0, 0}
+	for i, field := range recipientFields {
+		if tpl.Uses(field) {
+			args[i+1] = 1
+		}
+	}
+	q, err := e.readQuery(ctx, e.sql.recipients, args...)
 	if err != nil {
 		return nil, fmt.Errorf("load %d recipients: %w", len(rows), err)
 	}
@@ -309,13 +319,15 @@ func (e *Engine) recipients(ctx context.Context, rows []row) (map[int64]content.
 	for q.Next() {
 		var rc content.Recipient
 		var mail, phone, locale, tz, ext sql.NullString
-		var created int64
+		var created sql.NullInt64
 		var attrs sql.RawBytes // the driver's bytes: decoding copies what it keeps
 		if err := q.Scan(&rc.ID, &mail, &phone, &locale, &tz, &ext, &created, &attrs); err != nil {
 			return nil, fmt.Errorf("load recipients: %w", err)
 		}
 		rc.Email, rc.Phone, rc.Locale, rc.TimeZone, rc.ExternalID = mail.String, phone.String, locale.String, tz.String, ext.String
-		rc.CreatedAt = clock.FromMillis(created)
+		if created.Valid {
+			rc.CreatedAt = clock.FromMillis(created.Int64)
+		}
 		if rc.Attributes, err = content.DecodeAttributes(attrs); err != nil {
 			rc.Attributes = map[string]any{}
 		}

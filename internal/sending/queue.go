@@ -48,7 +48,8 @@ type queries struct {
 	// in status sending under owner $1. On SQLite, where only an older version left rows in
 	// status sending, recoverBatches does the same for the batches.
 	renew, recoverExpired, reclaimInFlight string
-	// recipients reads the profiles of a batch (ids in $1); erroneous reads which quarantine
+	// recipients reads the profiles of a batch (ids in $1, the fields wanted in $2 to $6,
+	// see recipientFields); erroneous reads which quarantine
 	// keys in $1 are erroneous; markBatch records a batch in flight (SQLite, see markBatchSQL).
 	recipients, erroneous, markBatch string
 }
@@ -67,7 +68,11 @@ func inFlightSQL(eng store.Engine) string {
 func (q *queries) setBatchQueries() {
 	ids, _ := q.idSet(nil, 1)
 	keys, _ := q.strSet(nil, 1)
-	q.recipients = `SELECT id, email, phone, locale, time_zone, external_id, created_at, attributes FROM profiles WHERE id IN ` + ids
+	// The fields a template does not show are read as NULL ($2 to $6 say which are shown),
+	// which spares the driver a string for each.
+	q.recipients = `SELECT id, email, CASE WHEN $2 = 1 THEN phone END, CASE WHEN $3 = 1 THEN locale END,
+		CASE WHEN $4 = 1 THEN time_zone END, CASE WHEN $5 = 1 THEN external_id END,
+		CASE WHEN $6 = 1 THEN created_at END, attributes FROM profiles WHERE id IN ` + ids
 	q.erroneous = `SELECT address FROM quarantine WHERE channel = 'email' AND status = 'erroneous' AND address IN ` + keys
 	if q.engine == store.SQLite {
 		set, _ := q.idSet(nil, 3)
