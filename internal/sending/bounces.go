@@ -107,7 +107,7 @@ func NewBounceApplier(cfg BounceConfig) (*BounceApplier, error) {
 // that quotes only the original message's headers still names its row. A retry of the row
 // sends the same Message-ID, as it is the same message.
 func (p *ReturnPath) MessageID(logID int64, domain string) string {
-	return "m+" + strconv.FormatInt(logID, 10) + "." + p.tag('m', logID) + "@" + domain
+	return p.tagged('m', logID, domain)
 }
 
 // ParseMessageID reads a Message-ID made by MessageID, with or without angle brackets, whatever
