@@ -336,11 +336,15 @@ func (e *Engine) recipients(ctx context.Context, rows []row, tpl *content.Templa
 	}
 	defer q.Close()
 	out := make(map[int64]content.Recipient, len(rows))
+	// Declared once: Scan takes their addresses, which would put each row's on the heap.
+	var (
+		rc                           content.Recipient
+		mail, phone, locale, tz, ext sql.NullString
+		created                      sql.NullInt64
+		attrs                        sql.RawBytes // the driver's bytes: decoding copies what it keeps
+	)
 	for q.Next() {
-		var rc content.Recipient
-		var mail, phone, locale, tz, ext sql.NullString
-		var created sql.NullInt64
-		var attrs sql.RawBytes // the driver's bytes: decoding copies what it keeps
+		rc = content.Recipient{}
 		if err := q.Scan(&rc.ID, &mail, &phone, &locale, &tz, &ext, &created, &attrs); err != nil {
 			return nil, fmt.Errorf("load recipients: %w", err)
 		}

@@ -78,7 +78,12 @@ func (r Recipient) Click(index int, personalURL string) (string, error) {
 }
 
 func (r Recipient) build(path string, ref Ref) (string, error) {
-	b := make([]byte, 0, len(r.l.base)+len(path)+40+len(ref.URL)*4/3)
+	// Most URLs fit the stack buffer, so that the string is their one allocation.
+	var buf [160]byte
+	b := buf[:0]
+	if n := len(r.l.base) + len(path) + 40 + len(ref.URL)*4/3; n > len(buf) {
+		b = make([]byte, 0, n)
+	}
 	b = append(b, r.l.base...)
 	b = append(b, path...)
 	b, err := r.l.signer.AppendToken(b, ref)
