@@ -49,23 +49,28 @@ func NewReturnPath(domain string, secret []byte) (*ReturnPath, error) {
 	d := hmac.New(sha256.New, secret)
 	d.Write([]byte("herald return path v1"))
 	p := &ReturnPath{Domain: domain, key: d.Sum(nil)}
-	p.macs.New = func() any { return hmac.New(sha256.New, p.key) }
+	p.macs.New = func() any { return &macState{h: hmac.New(sha256.New, p.key)} }
 	return p, nil
 }
 
 // tagLen is the length of a tag in hex.
 const tagLen = 16
 
+// macState is a keyed HMAC with the buffers it reads and writes, pooled together: a buffer on
+// the stack would escape through the hash.Hash interface, an allocation a tag.
+type macState struct {
+	h   hash.Hash
+	buf [sha256.Size]byte
+}
+
 // appendTag appends the hex tag of (kind, logID) to dst.
 func (p *ReturnPath) appendTag(dst []byte, kind byte, logID int64) []byte {
-	m := p.macs.Get().(hash.Hash)
-	m.Reset()
-	var buf [sha256.Size]byte
-	in := strconv.AppendInt(append(buf[:0], kind), logID, 10)
-	m.Write(in)
-	sum := m.Sum(buf[:0])
+	m := p.macs.Get().(*macState)
+	m.h.Reset()
+	m.h.Write(strconv.AppendInt(append(m.buf[:0], kind), logID, 10))
+	dst = hex.AppendEncode(dst, m.h.Sum(m.buf[:0])[:tagLen/2])
 	p.macs.Put(m)
-	return hex.AppendEncode(dst, sum[:tagLen/2])
+	return dst
 }
 
 func (p *ReturnPath) tag(kind byte, logID int64) string {

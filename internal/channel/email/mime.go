@@ -150,23 +150,35 @@ func (c *Composer) Build(dst []byte, e *Email) ([]byte, error) {
 	}
 	h.b = append(h.b, ">\r\n"...)
 	if e.ListUnsubscribeURL != "" || e.ListUnsubscribeMailto != "" {
-		var v []string
-		if u := e.ListUnsubscribeURL; u != "" {
+		// <https://...>, <mailto:...>, built in one allocation: it is in every message.
+		var v strings.Builder
+		u, m := e.ListUnsubscribeURL, e.ListUnsubscribeMailto
+		scheme := ""
+		if m != "" && !strings.HasPrefix(m, "mailto:") {
+			scheme = "mailto:"
+		}
+		v.Grow(len(u) + len(scheme) + len(m) + 6)
+		if u != "" {
 			if !strings.HasPrefix(u, "https://") || !safeToken(u) {
 				return dst, fmt.Errorf("%w: List-Unsubscribe URL must be https and have no spaces: %q", ErrHeaderValue, u)
 			}
-			v = append(v, "<"+u+">")
+			v.WriteByte('<')
+			v.WriteString(u)
+			v.WriteByte('>')
 		}
-		if m := e.ListUnsubscribeMailto; m != "" {
-			if !strings.HasPrefix(m, "mailto:") {
-				m = "mailto:" + m
+		if m != "" {
+			if !safeToken(m) || len(scheme)+len(m) > 900 {
+				return dst, fmt.Errorf("%w: List-Unsubscribe mailto %q", ErrHeaderValue, scheme+m)
 			}
-			if !safeToken(m) {
-				return dst, fmt.Errorf("%w: List-Unsubscribe mailto %q", ErrHeaderValue, m)
+			if v.Len() > 0 {
+				v.WriteString(", ")
 			}
-			v = append(v, "<"+m+">")
+			v.WriteString("<")
+			v.WriteString(scheme)
+			v.WriteString(m)
+			v.WriteByte('>')
 		}
-		h.raw("List-Unsubscribe", strings.Join(v, ", "), &err)
+		h.raw("List-Unsubscribe", v.String(), &err)
 		if e.ListUnsubscribeURL != "" {
 			h.b = append(h.b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"...)
 		}
