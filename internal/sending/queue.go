@@ -538,11 +538,11 @@ func (e *Engine) writeBack(ctx context.Context, d activeDelivery, b *batch) erro
 				}
 			}
 			if !moves.IsZero() {
-				if err := stats.Apply(ctx, tx, d.id, now, moves); err != nil {
+				if err := stats.Apply(ctx, txRunner{e, tx}, d.id, now, moves); err != nil {
 					return err
 				}
 			}
-			if err := webhook.Emit(ctx, tx, e.db.Engine, now, events); err != nil {
+			if err := webhook.Emit(ctx, txRunner{e, tx}, e.db.Engine, now, events); err != nil {
 				return err
 			}
 			if len(sent) > 0 {
@@ -728,7 +728,7 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 			if n, _ := res.RowsAffected(); n > 0 {
 				var moves stats.Counters
 				moves.Move(stats.OutcomeNone, stats.OutcomeOf("failed", "soft"), n)
-				if err := stats.Apply(ctx, tx, d.id, now, moves); err != nil {
+				if err := stats.Apply(ctx, txRunner{e, tx}, d.id, now, moves); err != nil {
 					return err
 				}
 			}

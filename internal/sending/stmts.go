@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/heraldhq/herald/internal/stats"
 	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/webhook"
 )
 
 // On SQLite the statements the engine runs for every batch are prepared once, when the engine
@@ -46,7 +48,8 @@ func prepareStatements(ctx context.Context, db *store.DB, q queries) (prepared, 
 		texts []string
 	}{
 		{db.Read, p.read, []string{q.pick, q.recipients, activeDeliveriesSQL}},
-		{db.Write, p.write, []string{q.markBatch, endBatchSQL, q.writeSent, q.writeSentIDs, q.countedSent, q.countedSentIDs, q.writeBack, q.erroneous}},
+		{db.Write, p.write, append(append([]string{q.markBatch, endBatchSQL, q.writeSent, q.writeSentIDs, q.countedSent,
+			q.countedSentIDs, q.writeBack, q.erroneous}, stats.ApplySQL()...), webhook.EmitSQL(db.Engine)...)},
 	} {
 		for _, text := range s.texts {
 			st, err := s.pool.PrepareContext(ctx, text)
@@ -83,6 +86,24 @@ func (e *Engine) txQuery(ctx context.Context, tx *sql.Tx, query string, args ...
 		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
 	}
 	return tx.QueryContext(ctx, query, args...)
+}
+
+// txRunner runs statements in tx for stats.Apply and webhook.Emit, prepared when they are the
+// engine's.
+type txRunner struct {
+	e  *Engine
+	tx *sql.Tx
+}
+
+func (r txRunner) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return r.e.txExec(ctx, r.tx, query, args...)
+}
+
+func (r txRunner) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := r.e.stmts.write[query]; st != nil {
+		return r.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return r.tx.QueryRowContext(ctx, query, args...)
 }
 
 // txExec is txQuery for statements that return no rows.

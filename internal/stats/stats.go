@@ -124,7 +124,7 @@ func Hour(t time.Time) int64 { return t.UnixMilli() - t.UnixMilli()%3_600_000 }
 // the transaction that changes the rows is what keeps the counters exact between Computes: they
 // commit or roll back together. It takes delivery_stats' row lock on PostgreSQL, so that Compute
 // and concurrent moves serialise.
-func Apply(ctx context.Context, tx *sql.Tx, deliveryID int64, at time.Time, c Counters) error {
+func Apply(ctx context.Context, tx store.Runner, deliveryID int64, at time.Time, c Counters) error {
 	if c.IsZero() {
 		return nil
 	}
@@ -150,6 +150,9 @@ var (
 	addStatsSQL  = addCountersSQL("delivery_stats", "updated_at", "delivery_id")
 	addHourlySQL = addCountersSQL("delivery_stats_hourly", "hour", "delivery_id, hour")
 )
+
+// ApplySQL returns the statements Apply runs, for a caller that prepares them once.
+func ApplySQL() []string { return []string{addStatsSQL, addHourlySQL} }
 
 // addCountersSQL is the upsert that adds the counters to table's row: parameters are
 // delivery_id, the counters, then extra (updated_at, which replaces, or hour, part of the key).

@@ -31,6 +31,13 @@ var ErrNotFound = errors.New("not found")
 var ErrConflict = errors.New("conflict")
 
 // DB is an open Herald database.
+// Runner runs statements within a transaction: a *sql.Tx, or a wrapper that runs the
+// statements it knows prepared (the sending engine's, for what it runs every batch).
+type Runner interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
 type DB struct {
 	// Engine says which database engine is behind the pools.
 	Engine Engine

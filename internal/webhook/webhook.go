@@ -159,10 +159,36 @@ type Event struct {
 	Data map[string]any `json:"data,omitempty"`
 }
 
+// wantedSQL counts the enabled endpoints subscribed to event type $1.
+const wantedSQL = `SELECT count(*) FROM webhook_endpoints WHERE enabled AND events LIKE '%,' || $1 || ',%'`
+
+// queueSQL queues payloads $1 of type $2 at $3 for every endpoint subscribed to the type; $1
+// is a text array on PostgreSQL, a JSON array on SQLite (see internal/profile/upsert.go).
+func queueSQL(eng store.Engine) string {
+	from := `(SELECT value AS v FROM json_each($1)) AS p`
+	if eng == store.Postgres {
+		from = `unnest($1::text[]) AS p(v)`
+	}
+	return `INSERT INTO webhook_outbox (endpoint_id, type, payload, created_at, next_attempt_at)
+			SELECT e.id, $2, p.v, $3, $3 FROM webhook_endpoints e, ` + from + `
+			WHERE e.enabled AND e.events LIKE '%,' || $2 || ',%'`
+}
+
+// The statements Emit runs, built once.
+var queueSQLite, queuePostgres = queueSQL(store.SQLite), queueSQL(store.Postgres)
+
+// EmitSQL returns the statements Emit runs on eng, for a caller that prepares them once.
+func EmitSQL(eng store.Engine) []string {
+	if eng == store.Postgres {
+		return []string{wantedSQL, queuePostgres}
+	}
+	return []string{wantedSQL, queueSQLite}
+}
+
 // Emit queues events for every enabled endpoint that takes their type, in tx: they are sent
 // only if tx commits. It costs one statement per event type present, whatever the number of
 // events, so the sending engine and the tracking writer call it once per batch.
-func Emit(ctx context.Context, tx *sql.Tx, eng store.Engine, at time.Time, events []Event) error {
+func Emit(ctx context.Context, tx store.Runner, eng store.Engine, at time.Time, events []Event) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -174,7 +200,7 @@ func Emit(ctx context.Context, tx *sql.Tx, eng store.Engine, at time.Time, event
 			continue
 		}
 		var one int
-		err := tx.QueryRowContext(ctx, `SELECT count(*) FROM webhook_endpoints WHERE enabled AND events LIKE '%,' || $1 || ',%'`, e.Type).Scan(&one)
+		err := tx.QueryRowContext(ctx, wantedSQL, e.Type).Scan(&one)
 		if err != nil {
 			return fmt.Errorf("find webhook endpoints: %w", err)
 		}
@@ -191,18 +217,15 @@ func Emit(ctx context.Context, tx *sql.Tx, eng store.Engine, at time.Time, event
 		}
 		byType[e.Type] = append(byType[e.Type], string(b))
 	}
+	queue := EmitSQL(eng)[1]
 	for typ, payloads := range byType {
 		// One parameter carries the whole list (see internal/profile/upsert.go for why on SQLite).
-		list, from := any(nil), ""
-		if eng == store.Postgres {
-			list, from = payloads, `unnest($1::text[]) AS p(v)`
-		} else {
+		list := any(payloads)
+		if eng != store.Postgres {
 			b, _ := json.Marshal(payloads)
-			list, from = string(b), `(SELECT value AS v FROM json_each($1)) AS p`
+			list = string(b)
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO webhook_outbox (endpoint_id, type, payload, created_at, next_attempt_at)
-			SELECT e.id, $2, p.v, $3, $3 FROM webhook_endpoints e, `+from+`
-			WHERE e.enabled AND e.events LIKE '%,' || $2 || ',%'`, list, typ, at.UnixMilli())
+		_, err := tx.ExecContext(ctx, queue, list, typ, at.UnixMilli())
 		if err != nil {
 			return fmt.Errorf("queue %s events: %w", typ, err)
 		}
