@@ -965,6 +965,23 @@ func TestParseBackoff(t *testing.T) {
 	}
 }
 
+// sendOne gives the fixture's delivery, which must have one recipient, the HTML html, sends it
+// through an SMTP server and returns the message the server received.
+func (f *fixture) sendOne(t *testing.T, html string) []byte {
+	t.Helper()
+	ct := fmt.Sprintf(`{"from_name":"Shop","from_address":"news@shop.example","subject":"Hi","html":%q}`, html)
+	if _, err := f.db.Write.Exec(`UPDATE deliveries SET content = $1 WHERE id = $2`, ct, f.id); err != nil {
+		t.Fatal(err)
+	}
+	srv := smtptest.Start(t, smtptest.Options{})
+	drain(t, f.engine(t, transport(t, srv), "n1", 10))
+	msgs := srv.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%s: %d messages sent, want 1", html, len(msgs))
+	}
+	return msgs[0].Data
+}
+
 // TestMirrorURLOnlyWhereShown: the mirror page's signed URL is made only for a template that
 // may show it: one that names {{.mirror_url}}, or reads the root as a whole ({{.}}, {{$}}, a
 // variable holding it). Where shown, it names the message's delivery.
@@ -987,19 +1004,10 @@ func TestMirrorURLOnlyWhereShown(t *testing.T) {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			storetest.Each(t, func(t *testing.T, db *store.DB) {
 				f := newFixture(t, db, 1, 84*time.Hour)
-				ct := fmt.Sprintf(`{"from_name":"Shop","from_address":"news@shop.example","subject":"Hi","html":%q}`, c.html)
-				if _, err := db.Write.Exec(`UPDATE deliveries SET content = $1 WHERE id = $2`, ct, f.id); err != nil {
-					t.Fatal(err)
-				}
-				srv := smtptest.Start(t, smtptest.Options{})
-				drain(t, f.engine(t, transport(t, srv), "n1", 10))
-				msgs := srv.Messages()
-				if len(msgs) != 1 {
-					t.Fatalf("%s: %d messages sent, want 1", c.html, len(msgs))
-				}
-				m := mirrorRE.FindSubmatch(msgs[0].Data)
+				data := f.sendOne(t, c.html)
+				m := mirrorRE.FindSubmatch(data)
 				if (m != nil) != c.mirror {
-					t.Fatalf("%s: mirror URL in the message: %v, want %v\n%s", c.html, m != nil, c.mirror, msgs[0].Data)
+					t.Fatalf("%s: mirror URL in the message: %v, want %v\n%s", c.html, m != nil, c.mirror, data)
 				}
 				if m == nil {
 					return
@@ -1029,21 +1037,11 @@ func TestProfileFieldsAsShown(t *testing.T) {
 		t.Run(strconv.Itoa(i), func(t *testing.T) {
 			storetest.Each(t, func(t *testing.T, db *store.DB) {
 				f := newFixture(t, db, 1, 84*time.Hour)
-				ct := fmt.Sprintf(`{"from_name":"Shop","from_address":"news@shop.example","subject":"Hi","html":%q}`, c.html)
-				if _, err := db.Write.Exec(`UPDATE deliveries SET content = $1 WHERE id = $2`, ct, f.id); err != nil {
-					t.Fatal(err)
-				}
 				if _, err := db.Write.Exec(`UPDATE profiles SET phone = '+33612345678', locale = 'fr-FR',
 					time_zone = 'Europe/Paris', external_id = 'crm-42'`); err != nil {
 					t.Fatal(err)
 				}
-				srv := smtptest.Start(t, smtptest.Options{})
-				drain(t, f.engine(t, transport(t, srv), "n1", 10))
-				msgs := srv.Messages()
-				if len(msgs) != 1 {
-					t.Fatalf("%d messages sent, want 1", len(msgs))
-				}
-				text, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(msgs[0].Data)))
+				text, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(f.sendOne(t, c.html))))
 				if err != nil {
 					t.Fatal(err)
 				}
