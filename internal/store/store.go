@@ -30,7 +30,6 @@ var ErrNotFound = errors.New("not found")
 // ErrConflict is returned, wrapped, when a write would break a uniqueness rule.
 var ErrConflict = errors.New("conflict")
 
-// DB is an open Herald database.
 // Runner runs statements within a transaction: a *sql.Tx, or a wrapper that runs the
 // statements it knows prepared (the sending engine's, for what it runs every batch).
 type Runner interface {
@@ -38,6 +37,7 @@ type Runner interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
+// DB is an open Herald database.
 type DB struct {
 	// Engine says which database engine is behind the pools.
 	Engine Engine

@@ -174,16 +174,19 @@ func queueSQL(eng store.Engine) string {
 			WHERE e.enabled AND e.events LIKE '%,' || $2 || ',%'`
 }
 
-// The statements Emit runs, built once.
+// The queueing statement on each engine, built once.
 var queueSQLite, queuePostgres = queueSQL(store.SQLite), queueSQL(store.Postgres)
 
-// EmitSQL returns the statements Emit runs on eng, for a caller that prepares them once.
-func EmitSQL(eng store.Engine) []string {
+// queueFor returns eng's queueing statement.
+func queueFor(eng store.Engine) string {
 	if eng == store.Postgres {
-		return []string{wantedSQL, queuePostgres}
+		return queuePostgres
 	}
-	return []string{wantedSQL, queueSQLite}
+	return queueSQLite
 }
+
+// EmitSQL returns the statements Emit runs on eng, for a caller that prepares them once.
+func EmitSQL(eng store.Engine) []string { return []string{wantedSQL, queueFor(eng)} }
 
 // Emit queues events for every enabled endpoint that takes their type, in tx: they are sent
 // only if tx commits. It costs one statement per event type present, whatever the number of
@@ -217,7 +220,7 @@ func Emit(ctx context.Context, tx store.Runner, eng store.Engine, at time.Time, 
 		}
 		byType[e.Type] = append(byType[e.Type], string(b))
 	}
-	queue := EmitSQL(eng)[1]
+	queue := queueFor(eng)
 	for typ, payloads := range byType {
 		// One parameter carries the whole list (see internal/profile/upsert.go for why on SQLite).
 		list := any(payloads)
