@@ -2,7 +2,6 @@ package sending
 
 import (
 	"context"
-	"crypto/hmac"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -107,7 +106,7 @@ func NewBounceApplier(cfg BounceConfig) (*BounceApplier, error) {
 // that quotes only the original message's headers still names its row. A retry of the row
 // sends the same Message-ID, as it is the same message.
 func (p *ReturnPath) MessageID(logID int64, domain string) string {
-	return p.tagged('m', logID, domain)
+	return p.Addresses(logID, domain).MessageID
 }
 
 // ParseMessageID reads a Message-ID made by MessageID, with or without angle brackets, whatever
@@ -122,7 +121,7 @@ func (p *ReturnPath) ParseMessageID(id string) (logID int64, ok bool) {
 		return 0, false
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || !hmac.Equal([]byte(strings.ToLower(tag)), []byte(p.tag('m', n))) {
+	if err != nil || n < 0 || !p.validTag('m', n, tag) {
 		return 0, false
 	}
 	return n, true

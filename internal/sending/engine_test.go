@@ -785,6 +785,64 @@ func TestReturnPathRefusesForgeries(t *testing.T) {
 	}
 }
 
+// TestReturnPathAddressesShareOneMAC: a row's three addresses come from one HMAC, each its own
+// piece of it, so that one tag does not stand for another; tags made before (v1) still parse.
+func TestReturnPathAddressesShareOneMAC(t *testing.T) {
+	rp, err := NewReturnPath("bounce.example", []byte("return path secret!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := rp.Addresses(42, "mail.example")
+	if a.Bounce != rp.Bounce(42) || a.Unsubscribe != rp.Unsubscribe(42) || a.MessageID != rp.MessageID(42, "mail.example") {
+		t.Fatalf("Addresses(42) = %+v; one at a time: %q %q %q", a, rp.Bounce(42), rp.Unsubscribe(42), rp.MessageID(42, "mail.example"))
+	}
+	if !strings.HasPrefix(a.Bounce, "b+42.") || !strings.HasSuffix(a.Bounce, "@bounce.example") ||
+		!strings.HasPrefix(a.Unsubscribe, "u+42.") || !strings.HasSuffix(a.MessageID, "@mail.example") {
+		t.Fatalf("Addresses(42) = %+v", a)
+	}
+	if id, k, ok := rp.Parse(a.Bounce); !ok || id != 42 || k != 'b' {
+		t.Errorf("Parse(%q) = %d %c %v", a.Bounce, id, k, ok)
+	}
+	if id, k, ok := rp.Parse(a.Unsubscribe); !ok || id != 42 || k != 'u' {
+		t.Errorf("Parse(%q) = %d %c %v", a.Unsubscribe, id, k, ok)
+	}
+	if id, ok := rp.ParseMessageID(a.MessageID); !ok || id != 42 {
+		t.Errorf("ParseMessageID(%q) = %d %v", a.MessageID, id, ok)
+	}
+	tagOf := func(addr string) string {
+		local, _, _ := strings.Cut(addr, "@")
+		_, tag, _ := strings.Cut(local, ".")
+		return tag
+	}
+	tb, tu, tm := tagOf(a.Bounce), tagOf(a.Unsubscribe), tagOf(a.MessageID)
+	if len(tb) != tagLen || tb == tu || tb == tm || tu == tm {
+		t.Fatalf("tags %q %q %q: want three different ones of %d digits", tb, tu, tm, tagLen)
+	}
+	// A tag in another kind's address is a forgery: a Message-ID quoted in a reply must not
+	// unsubscribe its recipient.
+	for _, bad := range []string{"u+42." + tm + "@bounce.example", "b+42." + tu + "@bounce.example", "u+42." + tb + "@bounce.example"} {
+		if _, _, ok := rp.Parse(bad); ok {
+			t.Errorf("Parse(%q) accepted another kind's tag", bad)
+		}
+	}
+	if _, ok := rp.ParseMessageID("m+42." + tb + "@mail.example"); ok {
+		t.Error("ParseMessageID accepted the bounce tag")
+	}
+	// v1: an HMAC of the kind and the id each, as in mail sent before.
+	for _, k := range []byte{'b', 'u'} {
+		old := fmt.Sprintf("%c+42.%s@bounce.example", k, rp.tag(k, 42, true))
+		if id, kind, ok := rp.Parse(old); !ok || id != 42 || kind != k {
+			t.Errorf("Parse(%q) (v1) = %d %c %v", old, id, kind, ok)
+		}
+	}
+	if id, ok := rp.ParseMessageID("<m+42." + strings.ToUpper(rp.tag('m', 42, true)) + "@mail.example>"); !ok || id != 42 {
+		t.Errorf("ParseMessageID of a v1 Message-ID = %d %v", id, ok)
+	}
+	if n := testing.AllocsPerRun(100, func() { rp.Addresses(1234567, "mail.example") }); n != 1 {
+		t.Errorf("Addresses allocates %v times, want 1", n)
+	}
+}
+
 // waitFor polls cond for real concurrency (a running engine and SMTP server), not for time
 // logic, which the fake clock drives.
 func waitFor(t *testing.T, limit time.Duration, cond func() bool) {

@@ -23,14 +23,21 @@ import (
 )
 
 // ReturnPath makes the per-recipient envelope sender b+<log id>.<tag>@Domain, so that an
-// asynchronous bounce names the sending-log row it is about, and the List-Unsubscribe mailto
-// address u+<log id>.<tag>@Domain. The tag is an HMAC, so a forged address is refused.
+// asynchronous bounce names the sending-log row it is about, the List-Unsubscribe mailto
+// address u+<log id>.<tag>@Domain and the Message-ID m+<log id>.<tag>@<domain>. The tags are
+// HMACs, so a forged address is refused.
+//
+// The three tags of a row are three different eight-byte pieces of one HMAC of its id: each is
+// as unpredictable as a tag of its own, and knowing one (a Message-ID quoted in a reply) tells
+// nothing of the others, for one HMAC a message instead of three. Tags made before, an HMAC
+// of the kind and the id each (v1), are still accepted, for the bounces, complaints and
+// unsubscribes of mail sent by earlier versions.
 type ReturnPath struct {
 	// Domain is HERALD_BOUNCE_DOMAIN.
 	Domain string
 	key    []byte
-	// macs holds keyed HMAC states for reuse: three tags a message, and a fresh hmac.New
-	// costs two extra SHA-256 blocks and its allocations each time.
+	// macs holds keyed HMAC states for reuse: a fresh hmac.New costs two extra SHA-256 blocks
+	// and its allocations each time.
 	macs sync.Pool
 }
 
@@ -63,41 +70,79 @@ type macState struct {
 	buf [sha256.Size]byte
 }
 
-// appendTag appends the hex tag of (kind, logID) to dst.
-func (p *ReturnPath) appendTag(dst []byte, kind byte, logID int64) []byte {
-	m := p.macs.Get().(*macState)
+// rowMACPrefix starts the input of a row's HMAC: no kind byte of a v1 tag, so that no v1 tag is
+// a piece of it.
+const rowMACPrefix = '*'
+
+// tagOffset is where the tag of kind starts in its row's HMAC.
+func tagOffset(kind byte) int {
+	switch kind {
+	case 'u':
+		return tagLen / 2
+	case 'm':
+		return tagLen
+	}
+	return 0
+}
+
+// mac computes the HMAC of prefix and logID into m.buf and returns it.
+func (p *ReturnPath) mac(m *macState, prefix byte, logID int64) []byte {
 	m.h.Reset()
-	m.h.Write(strconv.AppendInt(append(m.buf[:0], kind), logID, 10))
-	dst = hex.AppendEncode(dst, m.h.Sum(m.buf[:0])[:tagLen/2])
+	m.h.Write(strconv.AppendInt(append(m.buf[:0], prefix), logID, 10))
+	return m.h.Sum(m.buf[:0])
+}
+
+// tag returns the hex tag of kind for row logID; v1 gives the tag versions before made.
+func (p *ReturnPath) tag(kind byte, logID int64, v1 bool) string {
+	m := p.macs.Get().(*macState)
+	defer p.macs.Put(m)
+	if v1 {
+		return hex.EncodeToString(p.mac(m, kind, logID)[:tagLen/2])
+	}
+	off := tagOffset(kind)
+	return hex.EncodeToString(p.mac(m, rowMACPrefix, logID)[off : off+tagLen/2])
+}
+
+// validTag reports whether tag (hex, any case) is row logID's tag of kind, as made now or by v1.
+func (p *ReturnPath) validTag(kind byte, logID int64, tag string) bool {
+	tag = strings.ToLower(tag)
+	return hmac.Equal([]byte(tag), []byte(p.tag(kind, logID, false))) || hmac.Equal([]byte(tag), []byte(p.tag(kind, logID, true)))
+}
+
+// appendTagged appends kind+<log id>.<tag>@domain to dst, with the tag read from the row's HMAC.
+func appendTagged(dst []byte, kind byte, logID int64, sum []byte, domain string) []byte {
+	dst = strconv.AppendInt(append(dst, kind, '+'), logID, 10)
+	off := tagOffset(kind)
+	dst = hex.AppendEncode(append(dst, '.'), sum[off:off+tagLen/2])
+	return append(append(dst, '@'), domain...)
+}
+
+// RowAddresses are the tagged addresses of one sending-log row.
+type RowAddresses struct {
+	Bounce, Unsubscribe, MessageID string
+}
+
+// Addresses returns row logID's envelope sender, List-Unsubscribe address and Message-ID (at
+// messageIDDomain, without angle brackets), from one HMAC, in one allocation.
+func (p *ReturnPath) Addresses(logID int64, messageIDDomain string) RowAddresses {
+	m := p.macs.Get().(*macState)
+	sum := p.mac(m, rowMACPrefix, logID)
+	var buf [256]byte // the three at their usual lengths: one allocation, the string's
+	b := appendTagged(buf[:0], 'b', logID, sum, p.Domain)
+	nb := len(b)
+	b = appendTagged(b, 'u', logID, sum, p.Domain)
+	nu := len(b)
+	b = appendTagged(b, 'm', logID, sum, messageIDDomain)
 	p.macs.Put(m)
-	return dst
+	s := string(b)
+	return RowAddresses{Bounce: s[:nb], Unsubscribe: s[nb:nu], MessageID: s[nu:]}
 }
-
-func (p *ReturnPath) tag(kind byte, logID int64) string {
-	var buf [tagLen]byte
-	return string(p.appendTag(buf[:0], kind, logID))
-}
-
-// tagged is kind+<log id>.<tag>@domain, made with one allocation: three of them a message.
-func (p *ReturnPath) tagged(kind byte, logID int64, domain string) string {
-	var buf [2 + 20 + 1 + tagLen]byte
-	b := strconv.AppendInt(append(buf[:0], kind, '+'), logID, 10)
-	b = p.appendTag(append(b, '.'), kind, logID)
-	var sb strings.Builder
-	sb.Grow(len(b) + 1 + len(domain))
-	sb.Write(b)
-	sb.WriteByte('@')
-	sb.WriteString(domain)
-	return sb.String()
-}
-
-func (p *ReturnPath) address(kind byte, logID int64) string { return p.tagged(kind, logID, p.Domain) }
 
 // Bounce returns the envelope sender of sending-log row logID.
-func (p *ReturnPath) Bounce(logID int64) string { return p.address('b', logID) }
+func (p *ReturnPath) Bounce(logID int64) string { return p.Addresses(logID, p.Domain).Bounce }
 
 // Unsubscribe returns the List-Unsubscribe mailto address of sending-log row logID.
-func (p *ReturnPath) Unsubscribe(logID int64) string { return p.address('u', logID) }
+func (p *ReturnPath) Unsubscribe(logID int64) string { return p.Addresses(logID, p.Domain).Unsubscribe }
 
 // Parse reads an address made by Bounce or Unsubscribe: the row and the kind ('b' or 'u').
 // It refuses other domains and forged or damaged tags.
@@ -115,7 +160,7 @@ func (p *ReturnPath) Parse(addr string) (logID int64, kind byte, ok bool) {
 		return 0, 0, false
 	}
 	id, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || id < 0 || !hmac.Equal([]byte(strings.ToLower(tag)), []byte(p.tag(kind, id))) {
+	if err != nil || id < 0 || !p.validTag(kind, id, tag) {
 		return 0, 0, false
 	}
 	return id, kind, true
@@ -289,9 +334,8 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 		from := msg.FromAddress
 		var messageID string
 		if e.cfg.ReturnPath != nil {
-			from = e.cfg.ReturnPath.Bounce(row.id)
-			mailto = e.cfg.ReturnPath.Unsubscribe(row.id)
-			messageID = e.cfg.ReturnPath.MessageID(row.id, e.compose.Domain)
+			a := e.cfg.ReturnPath.Addresses(row.id, e.compose.Domain)
+			from, mailto, messageID = a.Bounce, a.Unsubscribe, a.MessageID
 		}
 		em := email.Email{
 			From:                  email.Address{Name: msg.FromName, Addr: msg.FromAddress},
