@@ -64,15 +64,17 @@ func statusIs(eng store.Engine, s, delivery, st string, param func(any) string) 
 	case "sending":
 		return `(` + s + `.status = 'sending' OR ` + s + `.id IN ` + flightIDs(delivery) + ` AND ` + s + `.status = 'pending')`
 	case "pending":
-		return `(` + s + `.status = 'pending' AND ` + s + `.id NOT IN ` + flightIDs(delivery) + `)`
+		return `(` + s + `.status = 'pending' AND ` + s + `.id NOT IN ` + flightIDs(delivery) + `)` + unsent(eng, s+".status")
+	case "sent":
+		return s + `.status = 'sent'`
 	}
-	return s + `.status = ` + param(st)
+	return s + `.status = ` + param(st) + unsent(eng, s+".status")
 }
 
 // inFlightCountSQL counts the rows of delivery $1 in flight: in status sending, and on SQLite
 // in its batches in flight too.
 func inFlightCountSQL(eng store.Engine) string {
-	q := `SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status = 'sending'`
+	q := `SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status = 'sending'` + unsent(eng, "status")
 	if eng == store.SQLite {
 		q = `SELECT (` + q + `) + (SELECT COALESCE(SUM(json_array_length(log_ids)), 0) FROM in_flight WHERE delivery_id = $1)`
 	}

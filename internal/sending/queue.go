@@ -52,6 +52,10 @@ type queries struct {
 	// see recipientFields); erroneous reads which quarantine
 	// keys in $1 are erroneous; markBatch records a batch in flight (SQLite, see markBatchSQL).
 	recipients, erroneous, markBatch string
+	// Settling a delivery: expire fails as expired, at $2, its pending rows not in flight;
+	// waiting counts its pending rows and those in status sending (by status); due says whether
+	// one pending row is due at $2; anySent whether one row was sent. The delivery is $1.
+	expire, waiting, due, anySent string
 }
 
 // inFlightSQL is the condition that selects the rows in flight (status sending) of every
@@ -61,7 +65,7 @@ func inFlightSQL(eng store.Engine) string {
 	if eng == store.Postgres {
 		return `status = 'sending'`
 	}
-	return `delivery_id IN (SELECT id FROM deliveries) AND status = 'sending'`
+	return `delivery_id IN (SELECT id FROM deliveries) AND status = 'sending'` + unsent(eng, "status")
 }
 
 // setBatchQueries fills in the statements whose text is built from the engine's id sets.
@@ -91,6 +95,21 @@ func (q *queries) setLeaseQueries() {
 		q.renew = `UPDATE in_flight SET lease_until = $1 WHERE lease_until < $2 AND lease_owner = $3`
 	}
 	q.recoverExpired = back + inFlight + ` AND lease_until < $1`
+	notInFlight := ""
+	if q.engine == store.SQLite {
+		notInFlight = ` AND id NOT IN ` + flightIDs("$1")
+	}
+	pending := `delivery_id = $1 AND status = 'pending'` + unsent(q.engine, "status")
+	q.expire = `UPDATE sending_log SET status = 'failed', failure_type = 'soft',
+		failure_reason = 'expired', next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
+		WHERE ` + pending + ` AND (lease_until IS NULL OR lease_until < $2)` + notInFlight
+	q.waiting = `SELECT status, COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status IN ('pending', 'sending')` +
+		unsent(q.engine, "status") + ` GROUP BY status`
+	q.due = `SELECT COUNT(*) FROM (SELECT 1 FROM sending_log WHERE ` + pending + `
+		AND (next_attempt_at IS NULL OR next_attempt_at <= $2) LIMIT 1) AS x`
+	// Sent rows have a sent_at: SQLite finds one through sending_log_sent, as its status
+	// index leaves sent rows out.
+	q.anySent = `SELECT EXISTS (SELECT 1 FROM sending_log WHERE delivery_id = $1 AND status = 'sent' AND sent_at IS NOT NULL)`
 	q.reclaimInFlight = back + inFlight + ` AND lease_owner = $1`
 }
 
@@ -130,7 +149,8 @@ func queriesFor(eng store.Engine) queries {
 		// Rows of batches in flight are pending too: they are left out here, or a worker would
 		// read and render them again and again while the batches are out. Only the batches with
 		// an id past the cursor can hold rows the pick reads; the others' lists are not decoded.
-		pick: `SELECT id, profile_id, address, attempts, ambiguous FROM sending_log WHERE delivery_id = $1 AND status = 'pending'
+		pick: `SELECT id, profile_id, address, attempts, ambiguous FROM sending_log WHERE delivery_id = $1 AND status = 'pending'` +
+			unsent(eng, "status") + `
 			AND id > $2 AND (next_attempt_at IS NULL OR next_attempt_at <= $3) AND (lease_until IS NULL OR lease_until < $3)
 			AND id NOT IN ` + flightIDsWhere("$1", `f.max_id > $2`) + `
 			ORDER BY id LIMIT $4`,
@@ -171,6 +191,16 @@ func queriesFor(eng store.Engine) queries {
 // statements apply to: it is still pending (journal.go). The batch itself, deleted in the same
 // transaction, is what makes it this node's; the node's id, $2 on PostgreSQL, goes unused.
 const batchRowSQL = `sending_log.status = 'pending'`
+
+// unsent returns " AND col <> 'sent'" on SQLite, whose status index has no entry for a sent row
+// (migration 00014): SQLite uses a partial index only for a statement that states its
+// condition, so the statements on other statuses state it. PostgreSQL indexes every status.
+func unsent(eng store.Engine, col string) string {
+	if eng != store.SQLite {
+		return ""
+	}
+	return " AND " + col + " <> 'sent'"
+}
 
 // noIndex returns col so that SQLite does not pick an index on it: for a statement that names
 // its rows by id, SQLite may otherwise walk the status index over every pending row of every
@@ -714,13 +744,7 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 	ms := now.UnixMilli()
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
 		if !d.validUntil.IsZero() && !now.Before(d.validUntil) {
-			notInFlight := ""
-			if e.sql.engine == store.SQLite {
-				notInFlight = ` AND id NOT IN ` + flightIDs("$1")
-			}
-			res, err := tx.ExecContext(ctx, `UPDATE sending_log SET status = 'failed', failure_type = 'soft',
-				failure_reason = 'expired', next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
-				WHERE delivery_id = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $2)`+notInFlight, d.id, ms)
+			res, err := tx.ExecContext(ctx, e.sql.expire, d.id, ms)
 			if err != nil {
 				return err
 			}
@@ -735,7 +759,7 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 		}
 		var waiting, inFlight, due int64
 		var anySent bool
-		rows, err := tx.QueryContext(ctx, `SELECT status, COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status IN ('pending', 'sending') GROUP BY status`, d.id)
+		rows, err := tx.QueryContext(ctx, e.sql.waiting, d.id)
 		if err != nil {
 			return err
 		}
@@ -765,8 +789,7 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 			return nil
 		}
 		if waiting > 0 {
-			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM sending_log WHERE delivery_id = $1 AND status = 'pending'
-				AND (next_attempt_at IS NULL OR next_attempt_at <= $2) LIMIT 1) AS x`, d.id, ms).Scan(&due); err != nil {
+			if err := tx.QueryRowContext(ctx, e.sql.due, d.id, ms).Scan(&due); err != nil {
 				return err
 			}
 			if due > 0 || d.state == delivery.Retrying {
@@ -774,7 +797,7 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 			}
 			return e.move(ctx, tx, d, delivery.Retrying, fmt.Sprintf("%d recipients wait for a retry", waiting))
 		}
-		if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sending_log WHERE delivery_id = $1 AND status = 'sent')`, d.id).Scan(&anySent); err != nil {
+		if err := tx.QueryRowContext(ctx, e.sql.anySent, d.id).Scan(&anySent); err != nil {
 			return err
 		}
 		if anySent {

@@ -63,6 +63,14 @@ const computeSending = `SELECT (SELECT COUNT(*) FROM sending_log WHERE delivery_
 	COUNT(*), COUNT(CASE WHEN failure_type = 'hard' THEN 1 END), COUNT(CASE WHEN failure_type = 'soft' THEN 1 END)
 	FROM sending_log WHERE delivery_id = $1 AND status = 'failed'`
 
+// computeSendingSQLite is computeSending for SQLite, whose status index has no entry for a sent
+// row (migration 00014): the delivered rows are all the delivery's rows but those of another
+// status, two counts over covering indexes (sending_log_delivery, sending_log_status).
+const computeSendingSQLite = `SELECT (SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1)
+		- (SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status <> 'sent' AND status <> 'delivered'),
+	COUNT(*), COUNT(CASE WHEN failure_type = 'hard' THEN 1 END), COUNT(CASE WHEN failure_type = 'soft' THEN 1 END)
+	FROM sending_log WHERE delivery_id = $1 AND status = 'failed' AND status <> 'sent'`
+
 // computeTracking counts a delivery's distinct rows per sort of tracking event. Each count is one
 // range of tracking_events_delivery (delivery_id, kind, log_id, machine, at), whose entries of one
 // kind come sorted by log_id, so COUNT(DISTINCT log_id) streams on SQLite (no temporary B-tree);
@@ -106,7 +114,11 @@ func compute(ctx context.Context, tx *sql.Tx, eng store.Engine, deliveryID int64
 		}
 	}
 	var total Counters
-	if err := tx.QueryRowContext(ctx, computeSending, deliveryID).Scan(&total.Delivered, &total.OtherErrors,
+	sending := computeSending
+	if eng == store.SQLite {
+		sending = computeSendingSQLite
+	}
+	if err := tx.QueryRowContext(ctx, sending, deliveryID).Scan(&total.Delivered, &total.OtherErrors,
 		&total.HardBounces, &total.SoftBounces); err != nil {
 		return KPIs{}, fmt.Errorf("compute the stats of delivery %d: sending log: %w", deliveryID, err)
 	}
