@@ -55,14 +55,16 @@ func statusSQL(eng store.Engine, s, delivery string) string {
 
 // statusIs is the condition that sending-log row s shows status st; param binds st as a
 // parameter and returns its SQL, when the condition needs it. The rows in flight by batch are
-// few, so the condition for sending looks them up by id rather than through the status index.
+// few, so the condition for sending looks them up by id: the ids of the batches in flight and
+// of the rows an older version left in status sending.
 func statusIs(eng store.Engine, s, delivery, st string, param func(any) string) string {
 	if eng != store.SQLite {
 		return s + `.status = ` + param(st)
 	}
 	switch st {
 	case "sending":
-		return `(` + s + `.status = 'sending' OR ` + s + `.id IN ` + flightIDs(delivery) + ` AND ` + s + `.status = 'pending')`
+		return s + `.id IN (SELECT value FROM ` + flightIDs(delivery) + ` UNION ALL SELECT id FROM sending_log WHERE delivery_id = ` +
+			delivery + ` AND status = 'sending'` + unsent(eng, "status") + `) AND ` + s + `.status IN ('pending', 'sending')`
 	case "pending":
 		return `(` + s + `.status = 'pending' AND ` + s + `.id NOT IN ` + flightIDs(delivery) + `)` + unsent(eng, s+".status")
 	case "sent":

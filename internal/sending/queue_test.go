@@ -100,10 +100,10 @@ func TestStatusStatementsUseTheUnsentIndex(t *testing.T) {
 			statusIs(store.SQLite, "sending_log", "$1", st, param(&args)) + ` ORDER BY id LIMIT 50`
 		want := "INDEX sending_log_status"
 		switch st {
-		case "sent", "sending":
-			// Sent rows are most of a delivery's; the rows in flight are found by their
-			// batches' id lists, tested on the rows read in id order.
-			want = "INDEX sending_log_delivery"
+		case "sent":
+			want = "INDEX sending_log_delivery (delivery_id=? AND id>?)" // most of a delivery's rows
+		case "sending":
+			want = "INDEX sending_log_delivery (delivery_id=? AND id=?" // each row in flight, by id
 		}
 		checks = append(checks, check{"list " + st, stmt, args, want})
 	}
