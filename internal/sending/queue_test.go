@@ -10,26 +10,6 @@ import (
 	"github.com/heraldhq/herald/internal/store/storetest"
 )
 
-// queryPlan returns SQLite's plan of stmt, one step a line.
-func queryPlan(t *testing.T, db *store.DB, stmt string, args ...any) string {
-	t.Helper()
-	rows, err := db.Read.Query(`EXPLAIN QUERY PLAN `+stmt, args...)
-	if err != nil {
-		t.Fatalf("%v\n%s", err, stmt)
-	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var id, parent, unused int
-		var detail string
-		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, detail)
-	}
-	return strings.Join(plan, "\n")
-}
-
 // scansLog matches a plan step that reads the whole sending log.
 var scansLog = regexp.MustCompile(`(?m)^SCAN (sending_log|s)( |$)`)
 
@@ -58,7 +38,7 @@ func TestInFlightStatementsUseAnIndex(t *testing.T) {
 		{"writeSent", q.writeSent, []any{`["1 q"]`, "node", 250, "2.0.0", 1}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
 		{"writeBack", q.writeBack, []any{`[{"id":1}]`, "node"}, "SEARCH sending_log USING INTEGER PRIMARY KEY"},
 	} {
-		plan := queryPlan(t, db, c.stmt, c.args...)
+		plan := storetest.QueryPlan(t, db, c.stmt, c.args...)
 		if testing.Verbose() {
 			t.Logf("%s:\n%s", c.name, plan)
 		}
@@ -108,7 +88,7 @@ func TestStatusStatementsUseTheUnsentIndex(t *testing.T) {
 		checks = append(checks, check{"list " + st, stmt, args, want})
 	}
 	for _, c := range checks {
-		plan := queryPlan(t, db, c.stmt, c.args...)
+		plan := storetest.QueryPlan(t, db, c.stmt, c.args...)
 		if testing.Verbose() {
 			t.Logf("%s:\n%s", c.name, plan)
 		}

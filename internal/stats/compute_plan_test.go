@@ -13,21 +13,7 @@ import (
 // over a covering index; no step reads the sending log's table.
 func TestComputeSendingCountsOverIndexes(t *testing.T) {
 	db := storetest.New(t, store.SQLite)
-	rows, err := db.Read.Query(`EXPLAIN QUERY PLAN `+computeSendingSQLite, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var id, parent, unused int
-		var detail string
-		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, detail)
-	}
-	got := strings.Join(plan, "\n")
+	got := storetest.QueryPlan(t, db, computeSendingSQLite, 1)
 	for _, want := range []string{"COVERING INDEX sending_log_delivery", "COVERING INDEX sending_log_status", "INDEX sending_log_status (delivery_id=? AND status=?)"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("want %q in the plan:\n%s", want, got)

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/heraldhq/herald/internal/store"
@@ -96,4 +97,27 @@ func DSN(t testing.TB, eng store.Engine) string {
 	q.Set("search_path", schema)
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// QueryPlan returns SQLite's plan of stmt on db, one step a line (EXPLAIN QUERY PLAN).
+func QueryPlan(t testing.TB, db *store.DB, stmt string, args ...any) string {
+	t.Helper()
+	rows, err := db.Read.Query(`EXPLAIN QUERY PLAN `+stmt, args...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stmt)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(plan, "\n")
 }
