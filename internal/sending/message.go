@@ -92,7 +92,8 @@ func (p *ReturnPath) mac(m *macState, prefix byte, logID int64) []byte {
 	return m.h.Sum(m.buf[:0])
 }
 
-// tag returns the hex tag of kind for row logID; v1 gives the tag versions before made.
+// tag returns the hex tag of kind for row logID: its piece of the row's HMAC, or with v1 the
+// tag earlier versions made, an HMAC of the kind and the id.
 func (p *ReturnPath) tag(kind byte, logID int64, v1 bool) string {
 	m := p.macs.Get().(*macState)
 	defer p.macs.Put(m)

@@ -95,6 +95,11 @@ func (q *queries) setLeaseQueries() {
 		q.renew = `UPDATE in_flight SET lease_until = $1 WHERE lease_until < $2 AND lease_owner = $3`
 	}
 	q.recoverExpired = back + inFlight + ` AND lease_until < $1`
+	q.reclaimInFlight = back + inFlight + ` AND lease_owner = $1`
+}
+
+// setSettleQueries fills in the statements that settle a delivery.
+func (q *queries) setSettleQueries() {
 	notInFlight := ""
 	if q.engine == store.SQLite {
 		notInFlight = ` AND id NOT IN ` + flightIDs("$1")
@@ -110,7 +115,6 @@ func (q *queries) setLeaseQueries() {
 	// Sent rows have a sent_at: SQLite finds one through sending_log_sent, as its status
 	// index leaves sent rows out.
 	q.anySent = `SELECT EXISTS (SELECT 1 FROM sending_log WHERE delivery_id = $1 AND status = 'sent' AND sent_at IS NOT NULL)`
-	q.reclaimInFlight = back + inFlight + ` AND lease_owner = $1`
 }
 
 // sentSet is what the two writeSent statements set besides the provider id.
@@ -142,6 +146,7 @@ func queriesFor(eng store.Engine) queries {
 		}
 		q.setLeaseQueries()
 		q.setBatchQueries()
+		q.setSettleQueries()
 		return q
 	}
 	q := queries{
@@ -184,6 +189,7 @@ func queriesFor(eng store.Engine) queries {
 	q.writeSentIDs = q.countedSentIDs + ` RETURNING id`
 	q.setLeaseQueries()
 	q.setBatchQueries()
+	q.setSettleQueries()
 	return q
 }
 
