@@ -114,6 +114,7 @@ func TestLogsList(t *testing.T) {
 		}{
 			{LogFilter{}, "ann bob cy dan eve fay"},
 			{LogFilter{Status: "sending"}, "fay"},
+			{LogFilter{Status: "sent"}, "eve"},
 			{LogFilter{Status: "pending"}, "dan"},
 			{LogFilter{Status: "failed"}, "bob cy"},
 			{LogFilter{Status: "delivered"}, "ann"},
@@ -131,6 +132,19 @@ func TestLogsList(t *testing.T) {
 		} {
 			if got := list(c.f); got != c.want {
 				t.Errorf("%+v: %q, want %q", c.f, got, c.want)
+			}
+		}
+		if db.Engine == store.SQLite {
+			// A row an older version left in status sending is in flight too, beside the
+			// batches' rows.
+			if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending' WHERE id = $1`, ids["dan"]); err != nil {
+				t.Fatal(err)
+			}
+			if got := list(LogFilter{Status: "sending"}); got != "dan fay" {
+				t.Errorf("status sending with a row left in status sending: %q, want %q", got, "dan fay")
+			}
+			if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'pending' WHERE id = $1`, ids["dan"]); err != nil {
+				t.Fatal(err)
 			}
 		}
 
