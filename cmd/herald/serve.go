@@ -266,7 +266,7 @@ func sendingSettings(cfg *config.Config) (email.DomainLimits, []time.Duration, e
 		err     error
 	)
 	if cfg.DomainLimits != "" {
-		if limits, err = email.ParseDomainLimits(cfg.DomainLimits); err != nil {
+		if limits, err = sending.ParseDomainLimits(cfg.DomainLimits); err != nil {
 			return limits, nil, fmt.Errorf("HERALD_DOMAIN_LIMITS: %w", err)
 		}
 	}

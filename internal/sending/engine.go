@@ -41,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"runtime"
 	"strconv"
@@ -53,6 +54,7 @@ import (
 	"github.com/heraldhq/herald/internal/channel/email"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/delivery"
+	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/quarantine"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/tracking"
@@ -88,6 +90,51 @@ func ParseBackoff(s string) ([]time.Duration, error) {
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// ParseDomainLimits reads per-recipient-domain rate caps written "domain=rate,...": messages
+// per second for each named domain, "*" for every other domain (email.DomainLimits.Default),
+// e.g. "gmail.com=50,yahoo.com=20,*=100". A domain is one an address may have
+// (profile.CheckDomain), matched in lower case as the part of the address after the @; an
+// internationalised domain matches addresses written with it as it is written. Errors name the
+// entry at fault.
+func ParseDomainLimits(s string) (email.DomainLimits, error) {
+	var l email.DomainLimits
+	seen := map[string]bool{}
+	for n, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		where := fmt.Sprintf("entry %d %q", n+1, item)
+		dom, rate, ok := strings.Cut(item, "=")
+		if !ok {
+			return email.DomainLimits{}, fmt.Errorf("%s: want domain=messages-per-second, e.g. gmail.com=50", where)
+		}
+		dom = strings.ToLower(strings.TrimSpace(dom))
+		r, err := strconv.ParseFloat(strings.TrimSpace(rate), 64)
+		if err != nil || r <= 0 || math.IsInf(r, 0) || math.IsNaN(r) {
+			return email.DomainLimits{}, fmt.Errorf("%s: %q is not a positive number of messages per second", where, strings.TrimSpace(rate))
+		}
+		if dom != "*" {
+			if err := profile.CheckDomain(dom); err != nil {
+				return email.DomainLimits{}, fmt.Errorf("%s: %q is not a domain name (or * for every other domain): %w", where, dom, err)
+			}
+		}
+		if seen[dom] {
+			return email.DomainLimits{}, fmt.Errorf("%s: %s is capped twice", where, dom)
+		}
+		seen[dom] = true
+		if dom == "*" {
+			l.Default = r
+			continue
+		}
+		if l.Rates == nil {
+			l.Rates = map[string]float64{}
+		}
+		l.Rates[dom] = r
+	}
+	return l, nil
 }
 
 // Defaults of Config.

@@ -1,13 +1,9 @@
 package email
 
 import (
-	"fmt"
 	"math"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 // Clock tells the time. Limits and back-offs read it, so tests can move time
@@ -72,70 +68,6 @@ type DomainLimits struct {
 	// before its rate rises by half again; 0 means 30 s. An uncapped domain
 	// whose rate climbs back above 20 × Start is no longer limited.
 	Recover time.Duration
-}
-
-// ParseDomainLimits reads per-recipient-domain rate caps written
-// "domain=rate,...": messages per second for each named domain, "*" for every
-// other domain (DomainLimits.Default), e.g. "gmail.com=50,yahoo.com=20,*=100".
-// Domains are matched in lower case, as the part of the address after the @.
-// Errors name the entry at fault.
-func ParseDomainLimits(s string) (DomainLimits, error) {
-	var l DomainLimits
-	seen := map[string]bool{}
-	for n, item := range strings.Split(s, ",") {
-		item = strings.TrimSpace(item)
-		if item == "" {
-			continue
-		}
-		where := fmt.Sprintf("entry %d %q", n+1, item)
-		dom, rate, ok := strings.Cut(item, "=")
-		if !ok {
-			return DomainLimits{}, fmt.Errorf("%s: want domain=messages-per-second, e.g. gmail.com=50", where)
-		}
-		dom = strings.ToLower(strings.TrimSpace(dom))
-		r, err := strconv.ParseFloat(strings.TrimSpace(rate), 64)
-		if err != nil || r <= 0 || math.IsInf(r, 0) || math.IsNaN(r) {
-			return DomainLimits{}, fmt.Errorf("%s: %q is not a positive number of messages per second", where, strings.TrimSpace(rate))
-		}
-		if dom != "*" && !validDomain(dom) {
-			return DomainLimits{}, fmt.Errorf("%s: %q is not a domain name (or * for every other domain)", where, dom)
-		}
-		if seen[dom] {
-			return DomainLimits{}, fmt.Errorf("%s: %s is capped twice", where, dom)
-		}
-		seen[dom] = true
-		if dom == "*" {
-			l.Default = r
-			continue
-		}
-		if l.Rates == nil {
-			l.Rates = map[string]float64{}
-		}
-		l.Rates[dom] = r
-	}
-	return l, nil
-}
-
-// validDomain reports whether d is a plausible domain: dot-separated labels
-// of letters, digits and hyphens, none empty or longer than 63 bytes. Non-ASCII
-// letters are taken as they are, since addresses keep their domain as written
-// (an internationalized domain in its xn-- form matches addresses in that form).
-func validDomain(d string) bool {
-	if len(d) > 253 || !strings.Contains(d, ".") {
-		return false
-	}
-	for _, label := range strings.Split(d, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c >= utf8.RuneSelf) {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // throttleDebounce keeps a burst of 4xx answers, which pipelined
