@@ -24,10 +24,11 @@ func benchCmd() *cobra.Command {
 personalised, tracked delivery of about 2 KB of HTML, and times the sending engine from confirm
 until the delivery is finished, against an SMTP sink on loopback: Herald's own in-process sink,
 or --smtp (e.g. Postfix's smtp-sink). Just before and just after the send it pushes N ready-made
-messages of the same size over the same number of pipelined connections to the same sink: the
-ceiling is their rate over both runs, so that a machine whose speed drifts is compared with
-itself on both sides of the send. CPU time is the whole
-process's, the in-process sink included; on a shared machine every figure is a lower bound.`,
+messages over the same number of pipelined connections to the same sink: the delivery's own
+messages to its first recipients, rendered and built before the send, in turn, so that the sink
+receives the same bytes as from the engine. The ceiling is their rate over both runs, so that a
+machine whose speed drifts is compared with itself on both sides of the send. CPU time is the
+whole process's, the in-process sink included; on a shared machine every figure is a lower bound.`,
 		Example: `  herald bench send --n 100000
   herald bench send --n 100000 --smtp 127.0.0.1:2525 --cpuprofile send.pprof`,
 		Args: cobra.NoArgs,

@@ -2,7 +2,6 @@ package sending
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -88,15 +87,16 @@ type BenchResult struct {
 	// PeakRSSRunMB is the peak of the whole run, set-up included (ru_maxrss).
 	PeakRSSSendMB float64 `json:"peak_rss_send_mb"`
 	PeakRSSRunMB  float64 `json:"peak_rss_run_mb"`
-	// CeilingMsgsPerSec is the rate of ready-made messages of MessageBytes pushed to the same
-	// sink through a Transport with the same relay settings, from Workers concurrent senders:
+	// CeilingMsgsPerSec is the rate of ready-made messages pushed to the same sink through a
+	// Transport with the same relay settings, from Workers concurrent senders:
 	// N of them just before the send and N just after (2N over CeilingSeconds), so that a
 	// machine whose speed drifts during the run is compared with itself on both sides.
 	CeilingMsgsPerSec float64 `json:"ceiling_msgs_per_sec"`
 	CeilingSeconds    float64 `json:"ceiling_seconds"`
-	// CeilingBeforeMsgsPerSec and CeilingAfterMsgsPerSec are the two halves' own rates. The
-	// messages pushed before the send are of SampleBytes, the mean size of the engine's first
-	// 200 messages, rendered and built beforehand; those after it of MessageBytes.
+	// CeilingBeforeMsgsPerSec and CeilingAfterMsgsPerSec are the two halves' own rates. Both
+	// push the delivery's own messages, those of its first Workers × Batch recipients (fewer
+	// when N is smaller), rendered and built before the send, in turn; SampleBytes is their
+	// mean size.
 	CeilingBeforeMsgsPerSec float64 `json:"ceiling_before_msgs_per_sec"`
 	CeilingAfterMsgsPerSec  float64 `json:"ceiling_after_msgs_per_sec"`
 	SampleBytes             int     `json:"sample_message_bytes"`
@@ -138,9 +138,10 @@ linen shirts and shoes for long walks. Members get early access and free returns
 // Bench measures the engine end to end on SQLite: it imports N generated profiles, prepares
 // and confirms a personalised, tracked delivery to all of them with principals holding the
 // roles, and times the engine from confirm until the delivery is finished, against an SMTP
-// sink on loopback. Just before and just after the send it pushes N ready-made messages of the
-// same size over a Transport with the same relay settings to the same sink: their rate over
-// both runs is the ceiling the engine is compared with. Memory figures are Linux's; the
+// sink on loopback. Just before and just after the send it pushes N ready-made messages over a
+// Transport with the same relay settings to the same sink: the delivery's own messages, built
+// before the send (readyMessages), so that the sink receives the same bytes, line for line, as
+// from the engine. Their rate over both runs is the ceiling the engine is compared with. Memory figures are Linux's; the
 // process should run nothing else meanwhile.
 func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if o.N <= 0 {
@@ -226,16 +227,24 @@ func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	}
 	res.Workers, res.Batch = eng.cfg.Workers, eng.cfg.BatchSize
 
-	// The ceiling, first half: ready-made messages of the size the engine will make.
-	res.SampleBytes, err = sampleMessageBytes(ctx, eng, d.id, 200)
+	// The ceiling, first half: the messages the engine will make, made ahead. They are made
+	// again for the second half rather than kept through the send, where megabytes more of
+	// live heap would space out its garbage collections and change its CPU and memory.
+	nReady := min(o.N, res.Workers*res.Batch)
+	ready, err := readyMessages(ctx, eng, d.id, nReady)
 	if err != nil {
 		return res, err
 	}
+	for _, m := range ready {
+		res.SampleBytes += len(m.Data)
+	}
+	res.SampleBytes /= len(ready)
 	progress("pushing %d ready-made messages of %d bytes (the ceiling, before the send)", o.N, res.SampleBytes)
-	ceilBefore, cpuBefore, err := ceiling(ctx, relays, o.N, res.SampleBytes, res.Workers, res.Batch)
+	ceilBefore, cpuBefore, err := ceiling(ctx, relays, o.N, ready, res.Workers, res.Batch)
 	if err != nil {
 		return res, err
 	}
+	ready = nil
 
 	// The send: from confirm to the delivery finished, with memory measured from here.
 	runtime.GC()
@@ -292,8 +301,11 @@ func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 		res.MessageBytes = int(counted.bytes.Load() / n)
 	}
 
-	progress("pushing %d ready-made messages of %d bytes (the ceiling, after the send)", o.N, res.MessageBytes)
-	ceilAfter, cpuAfter, err := ceiling(ctx, relays, o.N, res.MessageBytes, res.Workers, res.Batch)
+	if ready, err = readyMessages(ctx, eng, d.id, nReady); err != nil {
+		return res, err
+	}
+	progress("pushing %d ready-made messages of %d bytes (the ceiling, after the send)", o.N, res.SampleBytes)
+	ceilAfter, cpuAfter, err := ceiling(ctx, relays, o.N, ready, res.Workers, res.Batch)
 	if err != nil {
 		return res, err
 	}
@@ -306,48 +318,45 @@ func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	return res, nil
 }
 
-// ceiling pushes n ready-made messages of size bytes to the relays through a new Transport
-// (see pushReady) and returns the seconds it took and the CPU seconds the process spent.
-func ceiling(ctx context.Context, relays []email.Relay, n, size, workers, batch int) (secs, cpu float64, err error) {
+// ceiling pushes n of the ready messages to the relays through a new Transport (see
+// pushReady) and returns the seconds it took and the CPU seconds the process spent.
+func ceiling(ctx context.Context, relays []email.Relay, n int, ready []channel.Message, workers, batch int) (secs, cpu float64, err error) {
 	tr, err := email.New(email.Options{Relays: relays, HelloName: "bench.herald.test"})
 	if err != nil {
 		return 0, 0, err
 	}
 	defer tr.Close()
 	from := cpuTime()
-	secs, err = pushReady(ctx, tr, n, size, workers, batch)
+	secs, err = pushReady(ctx, tr, n, ready, workers, batch)
 	return secs, cpuTime() - from, err
 }
 
-// sampleMessageBytes is the mean size of the messages the engine makes for the first n rows
-// of delivery id, read, rendered and built as a worker does (nothing is marked or sent): the
-// size of the ready-made messages the ceiling pushes before the send. It also loads the
-// delivery's templates into the engine's cache, a millisecond the timed send then saves.
-func sampleMessageBytes(ctx context.Context, e *Engine, id int64, n int) (int, error) {
+// readyMessages reads, renders and builds the messages of the first n rows of delivery id as
+// a worker does, whatever their status, and marks or sends nothing: the ready-made messages
+// the ceiling pushes. Made before the send, it also loads the delivery's templates into the
+// engine's cache, a millisecond the timed send then saves.
+func readyMessages(ctx context.Context, e *Engine, id int64, n int) ([]channel.Message, error) {
 	var hash sql.NullString
 	if err := e.db.Read.QueryRowContext(ctx, `SELECT prepared_hash FROM deliveries WHERE id = $1`, id).Scan(&hash); err != nil {
-		return 0, fmt.Errorf("bench: sample the messages: %w", err)
+		return nil, fmt.Errorf("bench: make the ready-made messages: %w", err)
 	}
-	q, err := e.db.Read.QueryContext(ctx, e.sql.pick, id, 0, e.clock.Now().UnixMilli(), n)
+	q, err := e.db.Read.QueryContext(ctx, `SELECT id, profile_id, address, attempts, ambiguous FROM sending_log
+		WHERE delivery_id = $1 ORDER BY id LIMIT $2`, id, n)
 	if err != nil {
-		return 0, fmt.Errorf("bench: sample the messages: %w", err)
+		return nil, fmt.Errorf("bench: make the ready-made messages: %w", err)
 	}
 	rows, err := scanRows(q)
 	if err != nil {
-		return 0, fmt.Errorf("bench: sample the messages: %w", err)
+		return nil, fmt.Errorf("bench: make the ready-made messages: %w", err)
 	}
 	b, err := newWorker(e).prepare(ctx, activeDelivery{id: id, state: delivery.Sending, hash: hash.String}, rows)
 	if err != nil {
-		return 0, fmt.Errorf("bench: sample the messages: %w", err)
+		return nil, fmt.Errorf("bench: make the ready-made messages: %w", err)
 	}
 	if len(b.msgs) == 0 {
-		return 0, errors.New("bench: sample the messages: none could be built")
+		return nil, errors.New("bench: make the ready-made messages: none could be built")
 	}
-	total := 0
-	for _, m := range b.msgs {
-		total += len(m.Data)
-	}
-	return total / len(b.msgs), nil
+	return b.msgs, nil
 }
 
 // benchRun is the delivery Bench sends and the principal that confirms it.
@@ -442,20 +451,14 @@ func waitFinished(ctx context.Context, db *store.DB, id int64, handedOver func()
 	}
 }
 
-// pushReady sends n ready-made messages of about size bytes through tr, in batches of batch
-// from workers goroutines, and returns the seconds it took.
-func pushReady(ctx context.Context, tr *email.Transport, n, size, workers, batch int) (float64, error) {
+// pushReady sends n ready-made messages through tr, in batches of batch from workers
+// goroutines, and returns the seconds it took. Each goroutine has its own batch of messages,
+// taken from ready in turn, and pushes it again and again.
+func pushReady(ctx context.Context, tr *email.Transport, n int, ready []channel.Message, workers, batch int) (float64, error) {
 	msgs := make([]channel.Message, batch*workers)
 	for i := range msgs {
-		var b bytes.Buffer
-		fmt.Fprintf(&b, "From: Herald Shop <news@shop.example>\r\nTo: <user%d@example.com>\r\nSubject: Ceiling %d\r\n"+
-			"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n", i, i)
-		const line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
-		for b.Len() < size-2 {
-			b.WriteString(line[:min(len(line), size-2-b.Len())])
-		}
-		b.WriteString("\r\n")
-		msgs[i] = channel.Message{ID: int64(i), To: fmt.Sprintf("user%d@example.com", i), From: "bounce@bounce.bench.example", Data: b.Bytes(), Plain: true}
+		msgs[i] = ready[i%len(ready)]
+		msgs[i].ID = int64(i)
 	}
 	// Open the connections first, as the engine's first batch does its own.
 	warm := make([]channel.Outcome, workers)

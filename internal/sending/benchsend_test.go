@@ -3,9 +3,17 @@ package sending
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/channel/email/smtptest"
+	"github.com/heraldhq/herald/internal/store"
+	"github.com/heraldhq/herald/internal/store/storetest"
 )
 
 // TestBenchSendsEveryMessageAndMeasures runs Bench small: every message reaches the in-process
@@ -39,5 +47,90 @@ func TestBenchSendsEveryMessageAndMeasures(t *testing.T) {
 	}
 	if s := res.String(); !strings.Contains(s, "msgs/s") || !strings.Contains(s, "of the ceiling") {
 		t.Fatalf("String() = %q", s)
+	}
+}
+
+// TestBenchCeilingPushesTheDeliverysOwnMessages: the ceiling's ready-made messages are the
+// messages the engine makes for the delivery's first rows, in id order, with their return paths,
+// made without marking or sending anything; pushReady sends them, byte for byte, in turn.
+func TestBenchCeilingPushesTheDeliverysOwnMessages(t *testing.T) {
+	ctx := context.Background()
+	db := storetest.New(t, store.SQLite)
+	f := newFixture(t, db, 7, 84*time.Hour)
+	srv := smtptest.Start(t, smtptest.Options{})
+	tr := transport(t, srv)
+	e := f.engine(t, tr, "bench", DefaultBatchSize)
+
+	ready, err := readyMessages(ctx, e, f.id, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ready) != 5 {
+		t.Fatalf("%d ready-made messages, want 5", len(ready))
+	}
+	for i, m := range ready {
+		if m.To != f.addrs[i] {
+			t.Errorf("ready-made message %d is to %s, want %s (the delivery's rows in id order)", i, m.To, f.addrs[i])
+		}
+		if subject := fmt.Sprintf("Subject: Hi Ann%d\r\n", i); !bytes.Contains(m.Data, []byte(subject)) {
+			t.Errorf("ready-made message %d lacks its recipient's %q:\n%s", i, subject, m.Data)
+		}
+		if !strings.HasPrefix(m.From, "b+") || m.From == ready[(i+1)%len(ready)].From {
+			t.Errorf("ready-made message %d has return path %q, not its row's own", i, m.From)
+		}
+	}
+	if n := f.count(t, "status = 'pending'"); n != 7 {
+		t.Fatalf("%d of 7 rows pending after making the ready-made messages", n)
+	}
+	var batches int
+	if err := db.Read.QueryRow(`SELECT COUNT(*) FROM in_flight`).Scan(&batches); err != nil || batches != 0 {
+		t.Fatalf("%d batches in flight after making the ready-made messages (%v)", batches, err)
+	}
+	if srv.Count() != 0 {
+		t.Fatalf("making the ready-made messages sent %d", srv.Count())
+	}
+
+	// Two goroutines with batches of 3 hold ready[0..4], ready[0]; the connections are
+	// opened with the first message of each batch.
+	if _, err := pushReady(ctx, tr, 12, ready, 2, 3); err != nil {
+		t.Fatal(err)
+	}
+	got := srv.Messages()
+	if len(got) != 2+12 {
+		t.Fatalf("the sink received %d messages, want 14", len(got))
+	}
+	seen := map[string]int{}
+	for _, m := range got {
+		seen[m.To[0]]++
+		k := slices.IndexFunc(ready, func(r channel.Message) bool { return r.To == m.To[0] })
+		if k < 0 || m.From != ready[k].From || !bytes.Equal(m.Data, ready[k].Data) {
+			t.Fatalf("the sink received a message to %v from %s that is not a ready-made one:\n%s", m.To, m.From, m.Data)
+		}
+	}
+	for _, r := range ready {
+		if seen[r.To] == 0 {
+			t.Errorf("ready-made message to %s was never pushed", r.To)
+		}
+	}
+
+	// After the send, the same rows make the same messages again, for the second half.
+	drain(t, f.engine(t, tr, "bench", DefaultBatchSize))
+	if n := f.count(t, "status = 'sent'"); n != 7 {
+		t.Fatalf("%d of 7 rows sent", n)
+	}
+	again, err := readyMessages(ctx, e, f.id, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != len(ready) {
+		t.Fatalf("%d ready-made messages after the send, want %d", len(again), len(ready))
+	}
+	for i := range again {
+		a, r := again[i], ready[i]
+		// Only the MIME boundary, random in each message, may differ.
+		if a.To != r.To || a.From != r.From || len(a.Data) != len(r.Data) {
+			t.Errorf("ready-made message %d after the send is to %s from %s (%d bytes), before it to %s from %s (%d bytes)",
+				i, a.To, a.From, len(a.Data), r.To, r.From, len(r.Data))
+		}
 	}
 }
