@@ -496,8 +496,7 @@ func (e *Engine) reclaimOwn(ctx context.Context) error {
 			}
 			inFlight += n
 		}
-		res, err = tx.ExecContext(ctx, `UPDATE sending_log SET lease_owner = NULL, lease_until = NULL
-			WHERE lease_owner = $1 AND status = 'pending'`, e.cfg.NodeID)
+		res, err = tx.ExecContext(ctx, e.sql.releaseOwn, e.cfg.NodeID)
 		if err != nil {
 			return err
 		}

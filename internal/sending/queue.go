@@ -48,6 +48,9 @@ type queries struct {
 	// in status sending under owner $1. On SQLite, where only an older version left rows in
 	// status sending, recoverBatches does the same for the batches.
 	renew, recoverExpired, reclaimInFlight string
+	// releaseOwn releases the claims of owner $1 on pending rows: those its earlier run had
+	// claimed and not yet put in flight when it ended.
+	releaseOwn string
 	// recipients reads the profiles of a batch (ids in $1, the fields wanted in $2 to $6,
 	// see recipientFields); erroneous reads which quarantine
 	// keys in $1 are erroneous; markBatch records a batch in flight (SQLite, see markBatchSQL).
@@ -96,6 +99,10 @@ func (q *queries) setLeaseQueries() {
 	}
 	q.recoverExpired = back + inFlight + ` AND lease_until < $1`
 	q.reclaimInFlight = back + inFlight + ` AND lease_owner = $1`
+	// Delivery by delivery through the status index, as inFlightSQL: lease_owner has no index,
+	// and a scan of the whole log at every start grows with every message ever sent.
+	q.releaseOwn = `UPDATE sending_log SET lease_owner = NULL, lease_until = NULL
+		WHERE delivery_id IN (SELECT id FROM deliveries) AND status = 'pending'` + unsent(q.engine, "status") + ` AND lease_owner = $1`
 }
 
 // setSettleQueries fills in the statements that settle a delivery.

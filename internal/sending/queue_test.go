@@ -73,6 +73,10 @@ func TestStatusStatementsUseTheUnsentIndex(t *testing.T) {
 		{"due", q.due, []any{1, 2}, "USING INDEX sending_log_status"},
 		{"anySent", q.anySent, []any{1}, "USING INDEX sending_log_sent"},
 		{"inFlightCount", inFlightCountSQL(store.SQLite), []any{1}, "USING COVERING INDEX sending_log_status"},
+		// At start and every tenth of a lease: over every delivery, never a scan of the log.
+		{"recoverExpired", q.recoverExpired, []any{2}, "USING INDEX sending_log_status"},
+		{"reclaimInFlight", q.reclaimInFlight, []any{"node"}, "USING INDEX sending_log_status"},
+		{"releaseOwn", q.releaseOwn, []any{"node"}, "USING INDEX sending_log_status"},
 	}
 	for _, st := range LogStatuses {
 		args := []any{1, 0}
