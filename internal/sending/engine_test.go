@@ -838,7 +838,7 @@ func TestReturnPathAddressesShareOneMAC(t *testing.T) {
 	if id, ok := rp.ParseMessageID("<m+42." + strings.ToUpper(rp.tag('m', 42, true)) + "@mail.example>"); !ok || id != 42 {
 		t.Errorf("ParseMessageID of a v1 Message-ID = %d %v", id, ok)
 	}
-	if n := testing.AllocsPerRun(100, func() { rp.Addresses(1234567, "mail.example") }); n != 1 {
+	if n := testing.AllocsPerRun(100, func() { rp.Addresses(1234567, "mail.example") }); n != 1 && !raceEnabled {
 		t.Errorf("Addresses allocates %v times, want 1", n)
 	}
 }

@@ -1,0 +1,5 @@
+//go:build !race
+
+package sending
+
+const raceEnabled = false
