@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -71,7 +72,26 @@ func freeAddr(t *testing.T) string {
 type server struct {
 	cmd    *exec.Cmd
 	addr   string
-	stdout *bytes.Buffer
+	stdout *syncBuffer
+}
+
+// syncBuffer is the child's standard output: os/exec copies into it on a goroutine of its own
+// while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func startServer(t *testing.T, dsn string, env ...string) *server {
@@ -79,14 +99,14 @@ func startServer(t *testing.T, dsn string, env ...string) *server {
 	addr := freeAddr(t)
 	cmd := exec.Command(heraldBin, "serve")
 	cmd.Env = append(append(os.Environ(), "HERALD_DB="+dsn, "HERALD_ADDR="+addr, "HERALD_LOG_LEVEL=warn"), env...)
-	var stdout bytes.Buffer
-	cmd.Stdout = &stdout
+	stdout := &syncBuffer{}
+	cmd.Stdout = stdout
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go io.Copy(io.Discard, bufio.NewReader(stderr))
-	s := &server{cmd: cmd, addr: addr, stdout: &stdout}
+	s := &server{cmd: cmd, addr: addr, stdout: stdout}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	deadline := time.Now().Add(30 * time.Second)
 	for {
