@@ -140,9 +140,9 @@ linen shirts and shoes for long walks. Members get early access and free returns
 // roles, and times the engine from confirm until the delivery is finished, against an SMTP
 // sink on loopback. Just before and just after the send it pushes N ready-made messages over a
 // Transport with the same relay settings to the same sink: the delivery's own messages, built
-// before the send (readyMessages), so that the sink receives the same bytes, line for line, as
-// from the engine. Their rate over both runs is the ceiling the engine is compared with. Memory figures are Linux's; the
-// process should run nothing else meanwhile.
+// apart from the send (readyMessages), so that the sink receives the same bytes, line for line,
+// as from the engine. Their rate over both runs is the ceiling the engine is compared with.
+// Memory figures are Linux's; the process should run nothing else meanwhile.
 func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if o.N <= 0 {
 		return BenchResult{}, errors.New("bench: the number of recipients must be positive")
