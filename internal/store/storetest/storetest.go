@@ -8,10 +8,6 @@ package storetest
 
 import (
 	"context"
-	"crypto/rand"
-	"database/sql"
-	"encoding/hex"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,33 +66,12 @@ func DSN(t testing.TB, eng store.Engine) string {
 	if base == "" {
 		t.Skipf("%s is not set; skipping the PostgreSQL run", PostgresURLEnv)
 	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "t_" + hex.EncodeToString(b[:])
-	admin, err := sql.Open("pgx", base)
+	dsn, drop, err := store.NewSchema(context.Background(), base, "t_")
 	if err != nil {
-		t.Fatalf("open %s: %v", PostgresURLEnv, err)
+		t.Fatalf("%s: %v", PostgresURLEnv, err)
 	}
-	defer admin.Close()
-	if _, err := admin.Exec("CREATE SCHEMA " + schema); err != nil {
-		t.Fatalf("create test schema in %s: %v", PostgresURLEnv, err)
-	}
-	t.Cleanup(func() {
-		a, err := sql.Open("pgx", base)
-		if err != nil {
-			return
-		}
-		defer a.Close()
-		_, _ = a.Exec("DROP SCHEMA " + schema + " CASCADE")
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatalf("parse %s: %v", PostgresURLEnv, err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
+	t.Cleanup(func() { _ = drop() })
+	return dsn
 }
 
 // QueryPlan returns SQLite's plan of stmt on db, one step a line (EXPLAIN QUERY PLAN).
