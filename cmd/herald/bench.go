@@ -20,7 +20,8 @@ func benchCmd() *cobra.Command {
 	send := &cobra.Command{
 		Use:   "send",
 		Short: "Send N personalised, tracked messages end to end into an SMTP sink and compare with the transport's ceiling",
-		Long: `Creates a fresh SQLite database, imports N generated profiles, prepares and confirms a
+		Long: `Creates a fresh SQLite database (or, with --db postgres://..., a fresh schema in that
+PostgreSQL database, dropped at the end), imports N generated profiles, prepares and confirms a
 personalised, tracked delivery of about 2 KB of HTML, and times the sending engine from confirm
 until the delivery is finished, against an SMTP sink on loopback: Herald's own in-process sink,
 or --smtp (e.g. Postfix's smtp-sink). Just before and just after the send it pushes N ready-made
@@ -28,8 +29,10 @@ messages over the same number of pipelined connections to the same sink: the del
 messages to its first recipients, rendered and built before the send, in turn, so that the sink
 receives the same bytes as from the engine. The ceiling is their rate over both runs, so that a
 machine whose speed drifts is compared with itself on both sides of the send. CPU time is the
-whole process's, the in-process sink included; on a shared machine every figure is a lower bound.`,
+whole process's, the in-process sink included (not a PostgreSQL server's); on a shared machine
+every figure is a lower bound.`,
 		Example: `  herald bench send --n 100000
+  herald bench send --n 100000 --db 'postgres://herald@127.0.0.1:55432/herald?sslmode=disable'
   herald bench send --n 100000 --smtp 127.0.0.1:2525 --cpuprofile send.pprof`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -64,7 +67,7 @@ whole process's, the in-process sink included; on a shared machine every figure 
 	f := send.Flags()
 	f.IntVar(&o.N, "n", 20_000, "number of recipients (and of ready-made messages for the ceiling)")
 	f.StringVar(&o.SMTPAddr, "smtp", "", "host:port of an SMTP sink; empty starts an in-process sink")
-	f.StringVar(&o.DBPath, "db", "", "SQLite file to create (must not exist); empty uses a temporary directory")
+	f.StringVar(&o.DBPath, "db", "", "SQLite file to create (must not exist), or a postgres:// URL to run in a fresh schema there; empty uses a temporary SQLite file")
 	f.IntVar(&o.Conns, "conns", 0, "SMTP connections (max_conns); 0 means the relay default")
 	f.IntVar(&o.Workers, "workers", 0, "engine workers; 0 means the engine default")
 	f.IntVar(&o.BatchSize, "batch", 0, "engine batch size; 0 means the engine default")

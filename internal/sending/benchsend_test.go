@@ -3,8 +3,10 @@ package sending
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -132,5 +134,40 @@ func TestBenchCeilingPushesTheDeliverysOwnMessages(t *testing.T) {
 			t.Errorf("ready-made message %d after the send is to %s from %s (%d bytes), before it to %s from %s (%d bytes)",
 				i, a.To, a.From, len(a.Data), r.To, r.From, len(r.Data))
 		}
+	}
+}
+
+// TestBenchOnPostgres: with a postgres:// URL the bench runs on PostgreSQL, in a schema of its
+// own that is gone afterwards.
+func TestBenchOnPostgres(t *testing.T) {
+	base := os.Getenv(storetest.PostgresURLEnv)
+	if base == "" {
+		t.Skipf("%s is not set", storetest.PostgresURLEnv)
+	}
+	admin, err := sql.Open("pgx", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	schemas := func() int {
+		var n int
+		if err := admin.QueryRow(`SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'herald_bench_%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := schemas()
+	res, err := Bench(context.Background(), BenchOptions{N: 300, DBPath: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Database != "postgresql" || res.Sent != 300 || res.Ratio <= 0 {
+		t.Fatalf("result on PostgreSQL: %+v", res)
+	}
+	if !strings.Contains(res.String(), "database server's is not counted") {
+		t.Fatalf("String() does not say that the server's CPU is left out:\n%s", res)
+	}
+	if n := schemas(); n != before {
+		t.Fatalf("%d bench schemas after the run, %d before", n, before)
 	}
 }
