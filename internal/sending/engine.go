@@ -211,6 +211,10 @@ type Engine struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	start  sync.Once
+
+	// settleHook, set by tests, runs in settle's transaction just after it has read the counts
+	// it decides on.
+	settleHook func()
 }
 
 // flight is one batch handed to the Sender; cancel stops it when its delivery is paused.

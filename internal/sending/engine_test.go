@@ -1150,3 +1150,35 @@ func TestProfileFieldsAsShown(t *testing.T) {
 		})
 	}
 }
+
+// TestSettlingDecidesFromOneView: on PostgreSQL, another node's in-flight mark committed while
+// a worker settles the delivery (here just after the worker read its counts, through
+// settleHook) must not make the worker retry rows that are being sent. Settling decided from
+// two statements, a count of pending rows and then a look for a due one; the second saw the
+// rows no longer pending and none due, and moved the delivery to retrying. (On SQLite the
+// settling transaction holds the only write lock, so no mark can come in between.)
+func TestSettlingDecidesFromOneView(t *testing.T) {
+	db := storetest.New(t, store.Postgres)
+	f := newFixture(t, db, 4, 84*time.Hour)
+	lease := f.clk.Now().Add(time.Hour).UnixMilli()
+	if _, err := db.Write.Exec(`UPDATE sending_log SET lease_owner = 'n2', lease_until = $1`, lease); err != nil {
+		t.Fatal(err)
+	}
+	e := f.engine(t, acceptSender{}, "n1", 10)
+	marked := false
+	e.settleHook = func() {
+		if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sending' WHERE lease_owner = 'n2'`); err != nil {
+			t.Error(err)
+		}
+		marked = true
+	}
+	if n, err := e.Step(context.Background()); err != nil || n != 0 {
+		t.Fatalf("Step = %d, %v; want nothing to claim", n, err)
+	}
+	if !marked {
+		t.Fatal("the worker did not settle the delivery")
+	}
+	if st := f.state(t); st != delivery.Sending {
+		t.Fatalf("the delivery is %s while another node sends its every row, want sending", st)
+	}
+}

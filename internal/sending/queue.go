@@ -56,9 +56,10 @@ type queries struct {
 	// keys in $1 are erroneous; markBatch records a batch in flight (SQLite, see markBatchSQL).
 	recipients, erroneous, markBatch string
 	// Settling a delivery: expire fails as expired, at $2, its pending rows not in flight;
-	// waiting counts its pending rows and those in status sending (by status); due says whether
-	// one pending row is due at $2; anySent whether one row was sent. The delivery is $1.
-	expire, waiting, due, anySent string
+	// waiting counts its pending rows and those in status sending, and says whether one pending
+	// row is due at $2, in one statement; anySent says whether one row was sent. The delivery
+	// is $1.
+	expire, waiting, anySent string
 }
 
 // inFlightSQL is the condition that selects the rows in flight (status sending) of every
@@ -115,10 +116,13 @@ func (q *queries) setSettleQueries() {
 	q.expire = `UPDATE sending_log SET status = 'failed', failure_type = 'soft',
 		failure_reason = 'expired', next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL
 		WHERE ` + pending + ` AND (lease_until IS NULL OR lease_until < $2)` + notInFlight
-	q.waiting = `SELECT status, COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status IN ('pending', 'sending')` +
-		unsent(q.engine, "status") + ` GROUP BY status`
-	q.due = `SELECT COUNT(*) FROM (SELECT 1 FROM sending_log WHERE ` + pending + `
-		AND (next_attempt_at IS NULL OR next_attempt_at <= $2) LIMIT 1) AS x`
+	// One statement, so that its three answers are of one moment. On PostgreSQL each statement
+	// of a transaction sees what was committed before it: a count of pending rows, then a look
+	// for a due one, could see another worker's claimed rows pending, then in flight (not
+	// pending, so not due), and retry a delivery whose every row was being sent.
+	q.waiting = `SELECT (SELECT COUNT(*) FROM sending_log WHERE ` + pending + `),
+		(SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND status = 'sending'` + unsent(q.engine, "status") + `),
+		EXISTS (SELECT 1 FROM sending_log WHERE ` + pending + ` AND (next_attempt_at IS NULL OR next_attempt_at <= $2))`
 	// Sent rows have a sent_at: SQLite finds one through sending_log_sent, as its status
 	// index leaves sent rows out.
 	q.anySent = `SELECT EXISTS (SELECT 1 FROM sending_log WHERE delivery_id = $1 AND status = 'sent' AND sent_at IS NOT NULL)`
@@ -770,28 +774,13 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 				}
 			}
 		}
-		var waiting, inFlight, due int64
-		var anySent bool
-		rows, err := tx.QueryContext(ctx, e.sql.waiting, d.id)
-		if err != nil {
+		var waiting, inFlight int64
+		var due, anySent bool
+		if err := tx.QueryRowContext(ctx, e.sql.waiting, d.id, ms).Scan(&waiting, &inFlight, &due); err != nil {
 			return err
 		}
-		for rows.Next() {
-			var st string
-			var n int64
-			if err := rows.Scan(&st, &n); err != nil {
-				rows.Close()
-				return err
-			}
-			if st == "pending" {
-				waiting = n
-			} else {
-				inFlight = n
-			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
+		if e.settleHook != nil {
+			e.settleHook()
 		}
 		if e.sql.engine == store.SQLite && inFlight == 0 {
 			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM in_flight WHERE delivery_id = $1`, d.id).Scan(&inFlight); err != nil {
@@ -802,10 +791,7 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 			return nil
 		}
 		if waiting > 0 {
-			if err := tx.QueryRowContext(ctx, e.sql.due, d.id, ms).Scan(&due); err != nil {
-				return err
-			}
-			if due > 0 || d.state == delivery.Retrying {
+			if due || d.state == delivery.Retrying {
 				return nil
 			}
 			return e.move(ctx, tx, d, delivery.Retrying, fmt.Sprintf("%d recipients wait for a retry", waiting))

@@ -69,8 +69,7 @@ func TestStatusStatementsUseTheUnsentIndex(t *testing.T) {
 	checks := []check{
 		{"pick", q.pick, []any{1, 0, 2, 500}, "USING INDEX sending_log_status"},
 		{"expire", q.expire, []any{1, 2}, "USING INDEX sending_log_status"},
-		{"waiting", q.waiting, []any{1}, "USING COVERING INDEX sending_log_status"},
-		{"due", q.due, []any{1, 2}, "USING INDEX sending_log_status"},
+		{"waiting", q.waiting, []any{1, 2}, "USING COVERING INDEX sending_log_status"},
 		{"anySent", q.anySent, []any{1}, "USING INDEX sending_log_sent"},
 		{"inFlightCount", inFlightCountSQL(store.SQLite), []any{1}, "USING COVERING INDEX sending_log_status"},
 		// At start and every tenth of a lease: over every delivery, never a scan of the log.
