@@ -528,6 +528,12 @@ func TestWorkersShareADeliveryWithoutSendingTwice(t *testing.T) {
 		if len(got) != n || f.count(t, `status = 'sent'`) != n || f.count(t, `ambiguous`) != 0 {
 			t.Fatalf("%d recipients reached, %d rows sent, %d ambiguous; want %d, %d, 0", len(got), f.count(t, `status = 'sent'`), f.count(t, `ambiguous`), n, n)
 		}
+		// Every row went at the first try: the delivery was never retrying on the way.
+		var retries int
+		if err := db.Read.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE action = 'delivery.retry' AND object_id = $1`,
+			strconv.FormatInt(f.id, 10)).Scan(&retries); err != nil || retries != 0 {
+			t.Fatalf("the delivery went to retrying %d times (%v)", retries, err)
+		}
 	})
 }
 
