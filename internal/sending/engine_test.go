@@ -1188,3 +1188,48 @@ func TestSettlingDecidesFromOneView(t *testing.T) {
 		t.Fatalf("the delivery is %s while another node sends its every row, want sending", st)
 	}
 }
+
+// TestTwoNodesShareADelivery: two engines with their own node ids, as two `herald serve` on one
+// database, send one delivery side by side: every recipient receives exactly one message, no row
+// is ambiguous, and the delivery finishes without passing through retrying.
+func TestTwoNodesShareADelivery(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		const n = 400
+		f := newFixture(t, db, n, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		var engines []*Engine
+		for _, node := range []string{"n1", "n2"} {
+			e := f.engineWith(t, transport(t, srv), node, 9, func(c *Config) {
+				c.Workers = 2
+				c.PollInterval = 5 * time.Millisecond
+			})
+			if err := e.Start(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			engines = append(engines, e)
+		}
+		waitFor(t, 30*time.Second, func() bool { return f.state(t) == delivery.Finished })
+		for _, e := range engines {
+			e.Stop()
+		}
+		got := map[string]int{}
+		for _, m := range srv.Messages() {
+			for _, to := range m.To {
+				got[to]++
+			}
+		}
+		for _, a := range f.addrs {
+			if got[a] != 1 {
+				t.Errorf("%s received %d messages, want 1", a, got[a])
+			}
+		}
+		var retries int
+		if err := db.Read.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE action = 'delivery.retry' AND object_id = $1`,
+			strconv.FormatInt(f.id, 10)).Scan(&retries); err != nil {
+			t.Fatal(err)
+		}
+		if sent, amb := f.count(t, `status = 'sent'`), f.count(t, `ambiguous`); sent != n || amb != 0 || retries != 0 {
+			t.Fatalf("%d rows sent, %d ambiguous, %d moves to retrying; want %d, 0, 0", sent, amb, retries, n)
+		}
+	})
+}
