@@ -280,7 +280,10 @@ func TestCleanupAfterTenOrThirtyDays(t *testing.T) {
 				},
 				func() (Entry, error) { return s.RecordSoft(ctx, tx, Email, "full@example.com", "552 quota", true, t0) },
 				func() (Entry, error) { return s.RecordHard(ctx, tx, Email, "hard@example.com", "550", t0) },
-				func() (Entry, error) { return s.Denylist(ctx, tx, Email, "spam@example.com", "complaint", t0) },
+				func() (Entry, error) {
+					e, _, err := s.Denylist(ctx, tx, Email, "spam@example.com", "complaint", t0)
+					return e, err
+				},
 				// The last counted error, not the last error, is what Cleanup measures from.
 				func() (Entry, error) { return s.RecordSoft(ctx, tx, SMS, "+14155550100", "absent", false, t0) },
 				func() (Entry, error) {
@@ -375,7 +378,11 @@ func TestDenylistNeverReturns(t *testing.T) {
 			return s.RecordSoft(ctx, tx, SMS, "+14155550100", "absent", false, t0)
 		})
 		e := inTx(t, db, func(tx *sql.Tx) (Entry, error) {
-			return s.Denylist(ctx, tx, SMS, "+1 415 555 0100", "STOP", t0.Add(time.Hour))
+			e, added, err := s.Denylist(ctx, tx, SMS, "+1 415 555 0100", "STOP", t0.Add(time.Hour))
+			if err == nil && !added {
+				t.Error("the first STOP did not report the address as added to the denylist")
+			}
+			return e, err
 		})
 		if e.Status != StatusDenylist || e.ErrorCount != 1 || e.LastReason != "STOP" {
 			t.Fatalf("after STOP: %+v", e)
@@ -389,7 +396,11 @@ func TestDenylistNeverReturns(t *testing.T) {
 		})
 		inTx(t, db, func(tx *sql.Tx) (bool, error) { return s.RecordSuccess(ctx, tx, SMS, "+14155550100", at) })
 		inTx(t, db, func(tx *sql.Tx) (Entry, error) {
-			return s.Denylist(ctx, tx, SMS, "+14155550100", "STOP again", at)
+			e, added, err := s.Denylist(ctx, tx, SMS, "+14155550100", "STOP again", at)
+			if added {
+				t.Error("a second STOP reported the address as newly denylisted")
+			}
+			return e, err
 		})
 		if _, err := s.Cleanup(ctx, t0.Add(365*day)); err != nil {
 			t.Fatal(err)
@@ -403,7 +414,8 @@ func TestDenylistNeverReturns(t *testing.T) {
 		// A quarantined address can still be denylisted (a complaint is stronger).
 		inTx(t, db, func(tx *sql.Tx) (Entry, error) { return s.RecordHard(ctx, tx, Email, "q@example.com", "550", t0) })
 		if e := inTx(t, db, func(tx *sql.Tx) (Entry, error) {
-			return s.Denylist(ctx, tx, Email, "q@example.com", "ARF abuse report", t0)
+			e, _, err := s.Denylist(ctx, tx, Email, "q@example.com", "ARF abuse report", t0)
+			return e, err
 		}); e.Status != StatusDenylist {
 			t.Fatalf("complaint on a quarantined address: %+v", e)
 		}
@@ -647,7 +659,7 @@ func TestBlockedAndExcludeSQL(t *testing.T) {
 			if _, err := s.RecordHard(ctx, tx, Email, "hard@example.com", "550", t0); err != nil {
 				return nil, err
 			}
-			if _, err := s.Denylist(ctx, tx, Email, "spam@example.com", "ARF", t0); err != nil {
+			if _, _, err := s.Denylist(ctx, tx, Email, "spam@example.com", "ARF", t0); err != nil {
 				return nil, err
 			}
 			if _, err := s.RecordSoft(ctx, tx, Email, "soft@example.com", "451", false, t0); err != nil {
@@ -694,6 +706,49 @@ func TestBlockedAndExcludeSQL(t *testing.T) {
 		}
 		if strings.Join(kept, " ") != "new@example.com soft@example.com" {
 			t.Fatalf("profiles kept by ExcludeSQL: %v; want new and soft (erroneous is still sent to)", kept)
+		}
+	})
+}
+
+// TestDenylistTellsOneOfTwoAtOnce: two transactions denylist one new address at the same time
+// (a complaint delivered twice, to two nodes); only the first learns that it added it, since the
+// second decides on the row the first committed.
+func TestDenylistTellsOneOfTwoAtOnce(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		s, _ := newService(t, db)
+		ctx := context.Background()
+		tx1, err := db.Write.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, added, err := s.Denylist(ctx, tx1, Email, "both@example.com", "complaint", t0); err != nil || !added {
+			t.Fatalf("first Denylist: added %v, %v", added, err)
+		}
+		type result struct {
+			added bool
+			err   error
+		}
+		second := make(chan result, 1)
+		go func() {
+			// On PostgreSQL this waits on the row the first transaction holds; on SQLite, for the
+			// one write connection.
+			var r result
+			r.err = db.InTx(ctx, func(tx *sql.Tx) error {
+				_, added, err := s.Denylist(ctx, tx, Email, "both@example.com", "complaint again", t0)
+				r.added = added
+				return err
+			})
+			second <- r
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if err := tx1.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if r := <-second; r.err != nil || r.added {
+			t.Fatalf("second Denylist: added %v, %v; want false: both would report putting the address on the denylist", r.added, r.err)
+		}
+		if h := history(t, s, Email, "both@example.com"); len(h) != 1 {
+			t.Fatalf("history = %+v, want one change", h)
 		}
 	})
 }

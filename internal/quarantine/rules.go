@@ -65,16 +65,21 @@ func (s *Service) RecordSoft(ctx context.Context, tx *sql.Tx, channel Channel, a
 }
 
 // Denylist puts an address on the denylist at time at, inside tx: a spam complaint, an SMS
-// STOP, an invalid push token. The error count is kept.
-func (s *Service) Denylist(ctx context.Context, tx *sql.Tx, channel Channel, address, reason string, at time.Time) (Entry, error) {
-	return s.apply(ctx, tx, channel, address, at, func(old row, now int64) (row, string, bool) {
+// STOP, an invalid push token. The error count is kept. It reports whether the address was
+// not on the denylist yet, decided on the address's locked row, so that of two callers at once
+// exactly one learns that it put it there.
+func (s *Service) Denylist(ctx context.Context, tx *sql.Tx, channel Channel, address, reason string, at time.Time) (Entry, bool, error) {
+	added := false
+	e, err := s.apply(ctx, tx, channel, address, at, func(old row, now int64) (row, string, bool) {
 		if old.status == StatusDenylist {
 			return old, "", false
 		}
 		r := old
 		r.status, r.reason = StatusDenylist, cut(reason)
+		added = true
 		return r, r.reason, true
 	})
+	return e, added && err == nil, err
 }
 
 // apply runs one rule on an address's locked row and writes the result with a history row

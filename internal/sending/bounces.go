@@ -401,24 +401,18 @@ func (a *BounceApplier) failure(ctx context.Context, tx *sql.Tx, r *bounceRow, r
 // complaint puts r's address on the denylist; the row stays as it is. It returns the event to
 // emit, nil when the address was on the denylist already.
 func (a *BounceApplier) complaint(ctx context.Context, tx *sql.Tx, r *bounceRow, res bounce.Result, now time.Time) (*webhook.Event, error) {
-	key, err := quarantine.NormalizeAddress(quarantine.Email, r.address)
-	if err != nil {
+	if _, err := quarantine.NormalizeAddress(quarantine.Email, r.address); err != nil {
 		a.log.Info("complaint about an address that cannot be kept; dropped", "log_id", r.id, "err", err)
 		return nil, nil //nolint:nilerr // nothing to denylist
-	}
-	var before string
-	err = tx.QueryRowContext(ctx, `SELECT status FROM quarantine WHERE channel = 'email' AND address = $1`, key).Scan(&before)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("read the quarantine entry of %s: %w", key, err)
-	}
-	if before == string(quarantine.StatusDenylist) {
-		return nil, nil
 	}
 	ft := res.FeedbackType
 	if ft == "" {
 		ft = "abuse"
 	}
-	if _, err := a.quar.Denylist(ctx, tx, quarantine.Email, r.address, "spam complaint ("+ft+")", now); err != nil {
+	// Whether the address was denylisted already is read on its locked row: two complaints at
+	// once (a provider's notification delivered twice, to two nodes) emit one event.
+	_, added, err := a.quar.Denylist(ctx, tx, quarantine.Email, r.address, "spam complaint ("+ft+")", now)
+	if err != nil || !added {
 		return nil, err
 	}
 	return &webhook.Event{Type: webhook.Complained, At: now.UTC(), DeliveryID: r.deliveryID, LogID: r.id, ProfileID: r.profileID,
