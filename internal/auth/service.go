@@ -443,9 +443,21 @@ func (s *Service) UpdateUser(ctx context.Context, actor audit.Actor, id int64, u
 	return after, err
 }
 
+// administratorsLock is the PostgreSQL advisory lock keepAnAdministrator takes ("herald:a").
+const administratorsLock = 0x6865_7261_6c64_3a61
+
 // keepAnAdministrator refuses a change that leaves no enabled user with Administration, which
-// would lock everyone out of user management.
+// would lock everyone out of user management. On PostgreSQL two such changes at once (each
+// disabling one of the last two administrators) would each count the other's administrator
+// still enabled, and both commit: the transactions take turns on an advisory lock held until
+// they end, so that the second counts after the first's commit. SQLite's one writer already
+// makes them take turns.
 func (s *Service) keepAnAdministrator(ctx context.Context, tx *sql.Tx) error {
+	if s.db.Engine == store.Postgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(administratorsLock)); err != nil {
+			return fmt.Errorf("lock the administrators: %w", err)
+		}
+	}
 	var n int
 	err := tx.QueryRowContext(ctx, `SELECT count(*) FROM users u WHERE u.disabled = $1 AND (
 		EXISTS (SELECT 1 FROM user_roles r WHERE r.user_id = u.id AND r.role = $2) OR
