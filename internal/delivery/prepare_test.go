@@ -424,3 +424,41 @@ func seedProfiles(b testing.TB, db *store.DB, n int) {
 	exec(b, db, `WITH RECURSIVE seq(i) AS (SELECT 13 UNION ALL SELECT i + 100 FROM seq WHERE i + 100 <= $1)
 		INSERT INTO quarantine (channel, address, status, updated_at) SELECT 'email', 'user' || i || '@example.com', 'quarantine', 0 FROM seq`, n)
 }
+
+// TestProofsAtOnceAreNumberedInTurn: proofs of one delivery asked for at the same time (two
+// users pressing the button) each get their own number, 1 to n, and none fails: on PostgreSQL
+// each read the highest number before either wrote its own.
+func TestProofsAtOnceAreNumberedInTurn(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		s, _ := newService(t, db)
+		addProfile(t, db, "ann@example.com", `{"first_name": "Ann"}`)
+		d := create(t, s, addAudience(t, db, "all", ""), nil)
+		const n = 8
+		errs := make(chan error, n)
+		for range n {
+			go func() {
+				_, err := s.Proof(ctx, preparer, d.ID, []string{"test@example.com"})
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Errorf("a proof asked for at the same time as others: %v", err)
+			}
+		}
+		ps, err := s.Proofs(ctx, d.ID)
+		if err != nil || len(ps) != n {
+			t.Fatalf("%d proofs recorded (%v), want %d", len(ps), err, n)
+		}
+		seen := map[int]bool{}
+		for _, p := range ps {
+			seen[int(p.N)] = true
+		}
+		for k := 1; k <= n; k++ {
+			if !seen[k] {
+				t.Fatalf("proof numbers %v, want 1 to %d", seen, n)
+			}
+		}
+	})
+}

@@ -90,6 +90,11 @@ func (s *Service) Proof(ctx context.Context, actor auth.Principal, id int64, add
 	now := s.clock.Now()
 	p := Proof{DeliveryID: id, Addresses: addrs, At: now.UTC().Truncate(time.Millisecond), By: actor.Login}
 	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
+		// Proofs asked for at once take turns on the delivery's row, so that each numbers itself
+		// after the last one committed (on PostgreSQL they would read the same highest number).
+		if _, err := s.lock(ctx, tx, id); err != nil {
+			return err
+		}
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(max(n), 0) + 1 FROM proofs WHERE delivery_id = $1`, id).Scan(&p.N); err != nil {
 			return fmt.Errorf("number the proof of delivery %d: %w", id, err)
 		}
