@@ -288,3 +288,46 @@ func pad(i int) string {
 	}
 	return s
 }
+
+// TestUpsertAfterAnotherCreatedTheProfile: an upsert of a new address while another
+// transaction (another request, another node) creates the same address and commits: the upsert
+// succeeds and updates that profile, one profile in all. On PostgreSQL its lookup does not see
+// the uncommitted profile, its insert waits on the unique key and then fails; it tries again.
+func TestUpsertAfterAnotherCreatedTheProfile(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		s, _ := newService(t, db)
+		ctx := context.Background()
+		tx1, err := db.Write.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var first int64
+		if err := tx1.QueryRowContext(ctx, `INSERT INTO profiles (email, email_key, email_domain, attributes, created_at, updated_at)
+			VALUES ('twice@example.com', 'twice@example.com', 'example.com', '{}', 0, 0) RETURNING id`).Scan(&first); err != nil {
+			t.Fatal(err)
+		}
+		type result struct {
+			p       profile.Profile
+			created bool
+			err     error
+		}
+		second := make(chan result, 1)
+		go func() {
+			email := "twice@example.com"
+			p, created, err := s.Upsert(ctx, audit.System, profile.Input{Email: &email, Attributes: map[string]any{"city": "Lyon"}})
+			second <- result{p, created, err}
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if err := tx1.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		r := <-second
+		if r.err != nil || r.created || r.p.ID != first || r.p.Attributes["city"] != "Lyon" {
+			t.Fatalf("upsert after another created the address: %+v created=%v %v; want an update of profile %d", r.p, r.created, r.err, first)
+		}
+		var n int
+		if err := db.Read.QueryRow(`SELECT count(*) FROM profiles`).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("%d profiles (%v), want 1", n, err)
+		}
+	})
+}

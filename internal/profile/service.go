@@ -3,6 +3,7 @@ package profile
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -23,8 +24,23 @@ func invalid(errs []FieldError) error {
 }
 
 // Upsert creates a profile or updates the one with the same external id (when given) or
-// email. It reports whether the profile was created.
+// email. It reports whether the profile was created. Upserts of one new address at the same
+// time (a form sent twice) make one profile: one creates it, and the others, on PostgreSQL
+// refused by its unique keys, try again and update it.
 func (s *Service) Upsert(ctx context.Context, actor audit.Actor, in Input) (Profile, bool, error) {
+	for attempt := 1; ; attempt++ {
+		p, created, err := s.upsert(ctx, actor, in)
+		if !errors.Is(err, errCreatedMeanwhile) {
+			return p, created, err
+		}
+		if attempt == 3 {
+			return p, created, &problem.Error{Kind: problem.Conflict, Code: "profile_conflict",
+				Message: errCreatedMeanwhile.Error() + ", three times; try again"}
+		}
+	}
+}
+
+func (s *Service) upsert(ctx context.Context, actor audit.Actor, in Input) (Profile, bool, error) {
 	n, errs := normalize(in)
 	if len(errs) > 0 {
 		return Profile{}, false, invalid(errs)

@@ -3,6 +3,7 @@ package profile
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -283,12 +284,17 @@ func write(ctx context.Context, db *store.DB, conn *sql.Conn, tx *sql.Tx, r *bat
 	return nil
 }
 
+// errCreatedMeanwhile says that another transaction created a profile with the same email or
+// external id after this one looked them up: on PostgreSQL, where a transaction's lookups do
+// not hold back other writers (SQLite's writes take turns). Trying again finds that profile.
+var errCreatedMeanwhile = errors.New("a profile with this email or external id was created at the same time")
+
 func insertReturning(ctx context.Context, tx *sql.Tx, slots []*slot) error {
 	q := `INSERT INTO profiles (` + strings.Join(insertColumns, ", ") + `) VALUES (` + placeholders(0, len(insertColumns)) + `) RETURNING id`
 	for _, s := range slots {
 		if err := tx.QueryRowContext(ctx, q, slotValues(s)...).Scan(&s.p.ID); err != nil {
 			if store.IsUniqueViolation(err) {
-				return fmt.Errorf("a profile with this email or external id was created at the same time; try again: %w", err)
+				return fmt.Errorf("%w: %w", errCreatedMeanwhile, err)
 			}
 			return fmt.Errorf("insert profile: %w", err)
 		}
