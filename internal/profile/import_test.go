@@ -331,3 +331,48 @@ func TestUpsertAfterAnotherCreatedTheProfile(t *testing.T) {
 		}
 	})
 }
+
+// TestImportAfterAnotherCreatedAProfile: while an import runs, another transaction creates one
+// of the file's addresses and commits. The import finishes and updates that profile instead of
+// failing the batch: on PostgreSQL the batch's lookup missed the uncommitted profile and its COPY
+// met it on the unique key; it is resolved and written again.
+func TestImportAfterAnotherCreatedAProfile(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		s, _ := newService(t, db)
+		ctx := context.Background()
+		tx1, err := db.Write.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx1.ExecContext(ctx, `INSERT INTO profiles (email, email_key, email_domain, attributes, created_at, updated_at)
+			VALUES ('b@example.com', 'b@example.com', 'example.com', '{}', 0, 0)`); err != nil {
+			t.Fatal(err)
+		}
+		type result struct {
+			res profile.ImportResult
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			csv := "email,city\na@example.com,Lyon\nb@example.com,Nice\nc@example.com,Paris\n"
+			res, err := s.Import(ctx, audit.System, strings.NewReader(csv), profile.ImportOptions{})
+			done <- result{res, err}
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if err := tx1.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		r := <-done
+		if r.err != nil || r.res.Created != 2 || r.res.Updated != 1 || len(r.res.Errors) != 0 {
+			t.Fatalf("import while another created one of its addresses: %+v %v; want 2 created, 1 updated", r.res, r.err)
+		}
+		var city string
+		var n int
+		if err := db.Read.QueryRow(`SELECT count(*) FROM profiles`).Scan(&n); err != nil || n != 3 {
+			t.Fatalf("%d profiles (%v), want 3", n, err)
+		}
+		if err := db.Read.QueryRow(`SELECT attributes FROM profiles WHERE email = 'b@example.com'`).Scan(&city); err != nil || !strings.Contains(city, "Nice") {
+			t.Fatalf("b@example.com's attributes %s (%v), want the import's city", city, err)
+		}
+	})
+}

@@ -411,6 +411,9 @@ func copyInsert(ctx context.Context, conn *sql.Conn, slots []*slot) error {
 			rows[i] = slotValues(s)
 		}
 		_, err := pc.CopyFrom(ctx, pgx.Identifier{"profiles"}, insertColumns, pgx.CopyFromRows(rows))
+		if store.IsUniqueViolation(err) {
+			return fmt.Errorf("copy profiles: %w: %w", errCreatedMeanwhile, err)
+		}
 		if err != nil {
 			return fmt.Errorf("copy profiles: %w", err)
 		}
