@@ -83,11 +83,17 @@ func (d *Dispatcher) DispatchOnce(ctx context.Context) (int, error) {
 	}
 	now := d.Clock.Now()
 	var batches []*leased
+	// On PostgreSQL the rows read are locked, and rows another node is leasing skipped, so that
+	// two nodes' dispatchers never lease, and post, the same events (SQLite's writes take turns).
+	lock := ""
+	if d.DB.Engine == store.Postgres {
+		lock = ` FOR UPDATE OF o SKIP LOCKED`
+	}
 	err := d.DB.InTx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT o.id, o.endpoint_id, e.url, e.secret, o.payload, o.attempts, o.created_at
 			FROM webhook_outbox o JOIN webhook_endpoints e ON e.id = o.endpoint_id
 			WHERE o.delivered_at IS NULL AND NOT o.dead AND o.next_attempt_at <= $1 AND o.lease_until <= $1 AND e.enabled
-			ORDER BY o.endpoint_id, o.id LIMIT $2`, now.UnixMilli(), size*8)
+			ORDER BY o.endpoint_id, o.id LIMIT $2`+lock, now.UnixMilli(), size*8)
 		if err != nil {
 			return fmt.Errorf("read webhook outbox: %w", err)
 		}

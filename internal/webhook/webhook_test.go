@@ -135,3 +135,58 @@ func TestOutboxDispatch(t *testing.T) {
 		}
 	})
 }
+
+// TestDispatchersOfTwoNodesPostAnEventOnce: while one node's dispatcher is leasing the due
+// events (its transaction open), another node's dispatcher must leave them to it, not lease and
+// post them too.
+func TestDispatchersOfTwoNodesPostAnEventOnce(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		clk := clock.NewFake(time.Now().Truncate(time.Second))
+		log := slog.New(slog.DiscardHandler)
+		rcv := &receiver{}
+		srv := httptest.NewServer(rcv)
+		defer srv.Close()
+		if _, err := webhook.NewService(db, clk, log).Create(ctx, audit.System, webhook.NewEndpoint{URL: srv.URL, Events: []string{"sent"}}); err != nil {
+			t.Fatal(err)
+		}
+		err := db.InTx(ctx, func(tx *sql.Tx) error {
+			return webhook.Emit(ctx, tx, db.Engine, clk.Now(), []webhook.Event{
+				{Type: "sent", DeliveryID: 1, LogID: 10}, {Type: "sent", DeliveryID: 1, LogID: 11}})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first node: reads and leases the events in a transaction still open.
+		first, err := db.Write.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lease := `UPDATE webhook_outbox SET lease_until = $1`
+		if db.Engine == store.Postgres {
+			if _, err := first.ExecContext(ctx, `SELECT id FROM webhook_outbox FOR UPDATE`); err != nil {
+				t.Fatal(err)
+			}
+		}
+		type result struct {
+			n   int
+			err error
+		}
+		second := make(chan result, 1)
+		go func() {
+			n, err := (&webhook.Dispatcher{DB: db, Clock: clk, Log: log}).DispatchOnce(ctx)
+			second <- result{n, err}
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if _, err := first.ExecContext(ctx, lease, clk.Now().Add(5*time.Minute).UnixMilli()); err != nil {
+			t.Fatal(err)
+		}
+		if err := first.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		r := <-second
+		if r.err != nil || r.n != 0 || len(rcv.batches) != 0 {
+			t.Fatalf("the second node's dispatcher posted %d events (%v, batches %v) that the first was leasing", r.n, r.err, rcv.batches)
+		}
+	})
+}
