@@ -376,3 +376,61 @@ func TestImportAfterAnotherCreatedAProfile(t *testing.T) {
 		}
 	})
 }
+
+// TestChangesAtOnceToOneProfileAreBothKept: an update and an upsert of a profile made while
+// another transaction changes the same profile (another request, another node) wait for it and
+// merge with its result: no change is lost.
+func TestChangesAtOnceToOneProfileAreBothKept(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		s, _ := newService(t, db)
+		ctx := context.Background()
+		email := "one@example.com"
+		p, _, err := s.Upsert(ctx, audit.System, profile.Input{Email: &email, Attributes: map[string]any{"city": "Lyon"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			name   string
+			attr   string
+			change func() error
+		}{
+			{"update", "plan", func() error {
+				_, err := s.Update(ctx, audit.System, p.ID, profile.Input{Attributes: map[string]any{"plan": "gold"}})
+				return err
+			}},
+			{"upsert", "lang", func() error {
+				_, _, err := s.Upsert(ctx, audit.System, profile.Input{Email: &email, Attributes: map[string]any{"lang": "fr"}})
+				return err
+			}},
+		} {
+			other, err := db.Write.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The other transaction sets an attribute of its own (its key is the case's name).
+			set := `UPDATE profiles SET attributes = json_set(attributes, '$.` + c.name + `', 'x') WHERE id = $1`
+			if db.Engine == store.Postgres {
+				set = `UPDATE profiles SET attributes = attributes || jsonb_build_object('` + c.name + `', 'x') WHERE id = $1`
+			}
+			if _, err := other.ExecContext(ctx, set, p.ID); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- c.change() }()
+			time.Sleep(50 * time.Millisecond)
+			if err := other.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("%s while another transaction changes the profile: %v", c.name, err)
+			}
+			got, err := s.Get(ctx, p.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Attributes[c.name] != "x" || got.Attributes[c.attr] == nil || got.Attributes["city"] != "Lyon" {
+				t.Fatalf("%s: attributes %v; want the other transaction's %q and the %s's %q both kept", c.name, got.Attributes, c.name, c.name, c.attr)
+			}
+		}
+	})
+}

@@ -299,7 +299,21 @@ func (s *Service) Get(ctx context.Context, id int64) (Profile, error) {
 }
 
 func get(ctx context.Context, q querier, id int64) (Profile, error) {
-	p, err := scanProfile(q.QueryRowContext(ctx, `SELECT `+profileColumns+` FROM profiles WHERE id = $1`, id))
+	return getSuffix(ctx, q, id, "")
+}
+
+// getForUpdate is get for a change in tx: on PostgreSQL the row stays locked until tx ends, so
+// that two changes to one profile at once are made one after the other, the second on the
+// first's result, instead of the second overwriting the first (SQLite's writes take turns).
+func getForUpdate(ctx context.Context, eng store.Engine, tx *sql.Tx, id int64) (Profile, error) {
+	if eng == store.Postgres {
+		return getSuffix(ctx, tx, id, " FOR UPDATE")
+	}
+	return getSuffix(ctx, tx, id, "")
+}
+
+func getSuffix(ctx context.Context, q querier, id int64, suffix string) (Profile, error) {
+	p, err := scanProfile(q.QueryRowContext(ctx, `SELECT `+profileColumns+` FROM profiles WHERE id = $1`+suffix, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Profile{}, problem.NotFoundf("there is no profile with id %d", id)
 	}

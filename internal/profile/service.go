@@ -51,7 +51,7 @@ func (s *Service) upsert(ctx context.Context, actor audit.Actor, in Input) (Prof
 	var out Profile
 	var created bool
 	err := inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
-		br, err := resolve(ctx, s.db.Engine, tx, []pending{{n: n}}, s.clock.Now())
+		br, err := resolveLocking(ctx, s.db.Engine, tx, []pending{{n: n}}, s.clock.Now(), true)
 		if err != nil {
 			return err
 		}
@@ -91,7 +91,7 @@ func (s *Service) Update(ctx context.Context, actor audit.Actor, id int64, in In
 	}
 	var out Profile
 	err := inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
-		before, err := get(ctx, tx, id)
+		before, err := getForUpdate(ctx, s.db.Engine, tx, id)
 		if err != nil {
 			return err
 		}
@@ -138,7 +138,7 @@ func (s *Service) Update(ctx context.Context, actor audit.Actor, id int64, in In
 // appears in lists or audiences and cannot be matched again.
 func (s *Service) Erase(ctx context.Context, actor audit.Actor, id int64) error {
 	return s.db.InTx(ctx, func(tx *sql.Tx) error {
-		before, err := get(ctx, tx, id)
+		before, err := getForUpdate(ctx, s.db.Engine, tx, id)
 		if err != nil {
 			return err
 		}

@@ -66,6 +66,19 @@ const lookupChunk = 5000
 
 // resolve decides, for each input, which profile it writes and how.
 func resolve(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending, now time.Time) (*batchResult, error) {
+	return resolveLocking(ctx, eng, tx, batch, now, false)
+}
+
+// resolveLocking is resolve; with lock, on PostgreSQL, the stored profiles it finds stay locked
+// until the transaction ends, so that a change made meanwhile by another transaction is waited
+// for and merged with, not overwritten (SQLite's writes take turns). A single upsert locks its
+// one profile; an import's batches do not, as batches locking thousands of rows in different
+// orders could deadlock.
+func resolveLocking(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending, now time.Time, lock bool) (*batchResult, error) {
+	forUpdate := ""
+	if lock && eng == store.Postgres {
+		forUpdate = " FOR UPDATE"
+	}
 	var keys, exts []string
 	for _, b := range batch {
 		if b.n.emailKey != "" {
@@ -82,6 +95,7 @@ func resolve(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending,
 		for start := 0; start < len(vals); start += lookupChunk {
 			chunk := vals[start:min(start+lookupChunk, len(vals))]
 			q, args := inQuery(eng, `SELECT `+profileColumns+` FROM profiles WHERE `+col+` IN `, chunk)
+			q += forUpdate
 			rows, err := tx.QueryContext(ctx, q, args...)
 			if err != nil {
 				return fmt.Errorf("look up profiles: %w", err)
