@@ -155,7 +155,21 @@ func scan(row interface{ Scan(...any) error }) (Audience, error) {
 }
 
 func get(ctx context.Context, q querier, id int64) (Audience, error) {
-	a, err := scan(q.QueryRowContext(ctx, `SELECT `+columns+` FROM audiences WHERE id = $1`, id))
+	return getSuffix(ctx, q, id, "")
+}
+
+// getForUpdate is get for a change in tx: on PostgreSQL the row stays locked until tx ends, so
+// that two changes at once (one renaming, one editing the filter) are made in turn and neither
+// is undone by the other (SQLite's writes take turns).
+func (s *Service) getForUpdate(ctx context.Context, tx *sql.Tx, id int64) (Audience, error) {
+	if s.db.Engine == store.Postgres {
+		return getSuffix(ctx, tx, id, " FOR UPDATE")
+	}
+	return getSuffix(ctx, tx, id, "")
+}
+
+func getSuffix(ctx context.Context, q querier, id int64, suffix string) (Audience, error) {
+	a, err := scan(q.QueryRowContext(ctx, `SELECT `+columns+` FROM audiences WHERE id = $1`+suffix, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Audience{}, problem.NotFoundf("there is no audience with id %d", id)
 	}
@@ -192,7 +206,7 @@ func (s *Service) List(ctx context.Context) ([]Audience, error) {
 func (s *Service) Update(ctx context.Context, actor audit.Actor, id int64, name, filterSrc *string) (Audience, error) {
 	var after Audience
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
-		before, err := get(ctx, tx, id)
+		before, err := s.getForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
 		}

@@ -139,3 +139,40 @@ func TestStaticLists(t *testing.T) {
 		}
 	})
 }
+
+// TestRenameWhileTheFilterChanges: a rename made while another transaction changes the
+// audience's filter waits for it and keeps the new filter.
+func TestRenameWhileTheFilterChanges(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		as, _ := setup(t, db)
+		a, err := as.Create(ctx, audit.System, audience.New{Name: "parisians", Filter: `attributes.city = "paris"`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, err := db.Write.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := other.ExecContext(ctx, `UPDATE audiences SET filter = $1 WHERE id = $2`, `attributes.city = "lyon"`, a.ID); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			name := "city folk"
+			_, err := as.Update(ctx, audit.System, a.ID, &name, nil)
+			done <- err
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if err := other.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		got, err := as.Get(ctx, a.ID)
+		if err != nil || got.Name != "city folk" || got.Filter != `attributes.city = "lyon"` {
+			t.Fatalf("audience %+v (%v); want the new name and the other transaction's filter", got, err)
+		}
+	})
+}
