@@ -2,6 +2,7 @@ package profile_test
 
 import (
 	"context"
+	"database/sql"
 	"io"
 	"log/slog"
 	"strings"
@@ -297,15 +298,7 @@ func TestUpsertAfterAnotherCreatedTheProfile(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		s, _ := newService(t, db)
 		ctx := context.Background()
-		tx1, err := db.Write.BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var first int64
-		if err := tx1.QueryRowContext(ctx, `INSERT INTO profiles (email, email_key, email_domain, attributes, created_at, updated_at)
-			VALUES ('twice@example.com', 'twice@example.com', 'example.com', '{}', 0, 0) RETURNING id`).Scan(&first); err != nil {
-			t.Fatal(err)
-		}
+		tx1, first := createUncommitted(t, db, "twice@example.com")
 		type result struct {
 			p       profile.Profile
 			created bool
@@ -340,14 +333,7 @@ func TestImportAfterAnotherCreatedAProfile(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		s, _ := newService(t, db)
 		ctx := context.Background()
-		tx1, err := db.Write.BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx1.ExecContext(ctx, `INSERT INTO profiles (email, email_key, email_domain, attributes, created_at, updated_at)
-			VALUES ('b@example.com', 'b@example.com', 'example.com', '{}', 0, 0)`); err != nil {
-			t.Fatal(err)
-		}
+		tx1, _ := createUncommitted(t, db, "b@example.com")
 		type result struct {
 			res profile.ImportResult
 			err error
@@ -433,4 +419,20 @@ func TestChangesAtOnceToOneProfileAreBothKept(t *testing.T) {
 			}
 		}
 	})
+}
+
+// createUncommitted creates a profile for email in a transaction it leaves open, as another
+// request or node in the middle of its own change, and returns the transaction and the id.
+func createUncommitted(t *testing.T, db *store.DB, email string) (*sql.Tx, int64) {
+	t.Helper()
+	tx, err := db.Write.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := tx.QueryRow(`INSERT INTO profiles (email, email_key, email_domain, attributes, created_at, updated_at)
+		VALUES ($1, $1, 'example.com', '{}', 0, 0) RETURNING id`, email).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return tx, id
 }

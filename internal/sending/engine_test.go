@@ -514,27 +514,36 @@ func TestWorkersShareADeliveryWithoutSendingTwice(t *testing.T) {
 		}
 		defer e.Stop()
 		waitFor(t, 20*time.Second, func() bool { return f.state(t) == delivery.Finished })
-		got := map[string]int{}
-		for _, m := range srv.Messages() {
-			for _, to := range m.To {
-				got[to]++
-			}
-		}
-		for _, a := range f.addrs {
-			if got[a] != 1 {
-				t.Errorf("%s received %d messages, want 1", a, got[a])
-			}
-		}
-		if len(got) != n || f.count(t, `status = 'sent'`) != n || f.count(t, `ambiguous`) != 0 {
-			t.Fatalf("%d recipients reached, %d rows sent, %d ambiguous; want %d, %d, 0", len(got), f.count(t, `status = 'sent'`), f.count(t, `ambiguous`), n, n)
-		}
-		// Every row went at the first try: the delivery was never retrying on the way.
-		var retries int
-		if err := db.Read.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE action = 'delivery.retry' AND object_id = $1`,
-			strconv.FormatInt(f.id, 10)).Scan(&retries); err != nil || retries != 0 {
-			t.Fatalf("the delivery went to retrying %d times (%v)", retries, err)
-		}
+		f.wantSentOnceEach(t, srv)
 	})
+}
+
+// wantSentOnceEach checks a delivery that every row of went at the first try: each recipient
+// received exactly one message, every row is sent and none ambiguous, and the delivery never
+// passed through retrying on the way.
+func (f *fixture) wantSentOnceEach(t *testing.T, srv *smtptest.Server) {
+	t.Helper()
+	got := map[string]int{}
+	for _, m := range srv.Messages() {
+		for _, to := range m.To {
+			got[to]++
+		}
+	}
+	for _, a := range f.addrs {
+		if got[a] != 1 {
+			t.Errorf("%s received %d messages, want 1", a, got[a])
+		}
+	}
+	var retries int
+	if err := f.db.Read.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE action = 'delivery.retry' AND object_id = $1`,
+		strconv.FormatInt(f.id, 10)).Scan(&retries); err != nil {
+		t.Fatal(err)
+	}
+	n := len(f.addrs)
+	if sent, amb := f.count(t, `status = 'sent'`), f.count(t, `ambiguous`); len(got) != n || sent != n || amb != 0 || retries != 0 {
+		t.Fatalf("%d recipients reached, %d rows sent, %d ambiguous, %d moves to retrying; want %d, %d, 0, 0",
+			len(got), sent, amb, retries, n, n)
+	}
 }
 
 func TestPendingRowsExpireWhenValidityPasses(t *testing.T) {
@@ -1212,24 +1221,6 @@ func TestTwoNodesShareADelivery(t *testing.T) {
 		for _, e := range engines {
 			e.Stop()
 		}
-		got := map[string]int{}
-		for _, m := range srv.Messages() {
-			for _, to := range m.To {
-				got[to]++
-			}
-		}
-		for _, a := range f.addrs {
-			if got[a] != 1 {
-				t.Errorf("%s received %d messages, want 1", a, got[a])
-			}
-		}
-		var retries int
-		if err := db.Read.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE action = 'delivery.retry' AND object_id = $1`,
-			strconv.FormatInt(f.id, 10)).Scan(&retries); err != nil {
-			t.Fatal(err)
-		}
-		if sent, amb := f.count(t, `status = 'sent'`), f.count(t, `ambiguous`); sent != n || amb != 0 || retries != 0 {
-			t.Fatalf("%d rows sent, %d ambiguous, %d moves to retrying; want %d, 0, 0", sent, amb, retries, n)
-		}
+		f.wantSentOnceEach(t, srv)
 	})
 }
