@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"net/smtp"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/heraldhq/herald/internal/channel/email/smtptest"
+	"github.com/heraldhq/herald/internal/profile"
 	"github.com/heraldhq/herald/internal/store"
 	"github.com/heraldhq/herald/internal/store/storetest"
 )
@@ -211,5 +213,71 @@ func TestSendingSettingsReachTheEngine(t *testing.T) {
 	})
 	if wait := time.Until(time.UnixMilli(next)); wait < 6*time.Minute+50*time.Second || wait > 7*time.Minute {
 		t.Fatalf("dan's retry is due in %v, want the 7m of HERALD_RETRY_BACKOFF", wait)
+	}
+}
+
+// TestTwoServersShareADeliveryOnPostgres: two `herald serve` processes on one PostgreSQL
+// database, as two nodes (each its own default node id, from its listen address), send one
+// delivery confirmed on one of them: both nodes claim rows, every recipient receives exactly one
+// message, and the delivery finishes.
+func TestTwoServersShareADeliveryOnPostgres(t *testing.T) {
+	const n = 20_000 // a few seconds of sending: the second node finds the delivery within its 1 s poll
+	dsn := storetest.DSN(t, store.Postgres)
+	mail := smtptest.Start(t, smtptest.Options{})
+	tokens := addUsers(t, dsn, [2]string{"maker", "Prepare deliveries"}, [2]string{"starter", "Start deliveries"})
+	var buf bytes.Buffer
+	_, _ = io.Copy(&buf, profile.GenerateCSV(n, 5))
+	if out := importProfiles(t, dsn, buf.Bytes()); !strings.Contains(out, fmt.Sprintf("%d created", n)) {
+		t.Fatalf("import: %s", out)
+	}
+	db, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	relay := "HERALD_SMTP_RELAYS=smtp://" + mail.Addr() + "?starttls=off"
+	a, b := startServer(t, dsn, relay), startServer(t, dsn, relay)
+	api := "http://" + a.addr + "/api/v1"
+	id, d := launch(t, api, tokens["maker"], tokens["starter"], "Two nodes", map[string]any{"from_name": "Shop",
+		"from_address": "news@shop.example", "subject": "Hi {{.attributes.first_name}}",
+		"html": `<p>Hi {{.attributes.first_name}}</p><a href="{{.unsubscribe_url}}">Unsubscribe</a>`})
+	if d["state"] != "sending" {
+		t.Fatalf("confirm: %v", d)
+	}
+	// The nodes holding claims, seen while the delivery is sent (a write-back clears them).
+	owners := map[string]bool{}
+	waitFor(t, "the delivery to finish", func() bool {
+		rows, err := db.Read.Query(`SELECT DISTINCT lease_owner FROM sending_log WHERE lease_owner IS NOT NULL`)
+		if err == nil {
+			for rows.Next() {
+				var o string
+				if rows.Scan(&o) == nil {
+					owners[o] = true
+				}
+			}
+			rows.Close()
+		}
+		code, d := getJSON(t, api+"/deliveries/"+id, tokens["maker"])
+		return code == 200 && d["state"] == "finished"
+	})
+	a.stop(t)
+	b.stop(t)
+	if len(owners) != 2 {
+		t.Fatalf("nodes seen claiming rows: %v; want both", owners)
+	}
+	got := map[string]int{}
+	for _, m := range mail.Messages() {
+		for _, to := range m.To {
+			got[to]++
+		}
+	}
+	twice := 0
+	for _, c := range got {
+		if c != 1 {
+			twice++
+		}
+	}
+	if len(got) != n || twice != 0 {
+		t.Fatalf("%d recipients reached, %d more than once; want %d, 0", len(got), twice, n)
 	}
 }
