@@ -343,8 +343,8 @@ func (s *Service) Import(ctx context.Context, actor audit.Actor, r io.Reader, op
 		}
 		var br *batchResult
 		var err error
-		// A batch that meets profiles another import or request created meanwhile (PostgreSQL)
-		// is resolved and written again: the second time it finds them and updates them.
+		// A batch that meets profiles another import or request created or changed meanwhile
+		// (PostgreSQL) is resolved and written again: the second time it reads them as they are.
 		for attempt := 1; attempt <= 3; attempt++ {
 			err = inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
 				var err error
@@ -353,7 +353,7 @@ func (s *Service) Import(ctx context.Context, actor audit.Actor, r io.Reader, op
 				}
 				return write(ctx, s.db, conn, tx, br, false)
 			})
-			if !errors.Is(err, errCreatedMeanwhile) {
+			if !raced(err) {
 				break
 			}
 		}

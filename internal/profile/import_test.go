@@ -436,3 +436,47 @@ func createUncommitted(t *testing.T, db *store.DB, email string) (*sql.Tx, int64
 	}
 	return tx, id
 }
+
+// TestImportKeepsAnOptOutMadeMeanwhile: a recipient opts out (the tracking writer's statement)
+// while an import updates their profile. The import finishes with the imported change and the
+// opt-out stands: on PostgreSQL the batch had read the profile before the opt-out and wrote it
+// all back, re-subscribing the recipient; now a profile is written back only if unchanged since
+// it was read, and the batch reads it again otherwise.
+func TestImportKeepsAnOptOutMadeMeanwhile(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		s, _ := newService(t, db)
+		ctx := context.Background()
+		if _, err := s.Import(ctx, audit.System, strings.NewReader("email,city\nkeep@example.com,Lyon\n"), profile.ImportOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var id, updated int64
+		if err := db.Read.QueryRow(`SELECT id, updated_at FROM profiles WHERE email = 'keep@example.com'`).Scan(&id, &updated); err != nil {
+			t.Fatal(err)
+		}
+		optOut, err := db.Write.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As the tracking writer opts a profile out (tracking.SQLSink.optOut).
+		if _, err := optOut.ExecContext(ctx, `UPDATE profiles SET opt_out_email = true, updated_at = $2 WHERE opt_out_email = false AND id = $1`,
+			id, updated+1000); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.Import(ctx, audit.System, strings.NewReader("email,city\nkeep@example.com,Nice\n"), profile.ImportOptions{})
+			done <- err
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if err := optOut.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		p, err := s.Get(ctx, id)
+		if err != nil || !p.OptOutEmail || p.Attributes["city"] != "Nice" {
+			t.Fatalf("profile after the import %+v (%v); want opted out and in Nice", p, err)
+		}
+	})
+}

@@ -3,7 +3,6 @@ package profile
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -30,12 +29,12 @@ func invalid(errs []FieldError) error {
 func (s *Service) Upsert(ctx context.Context, actor audit.Actor, in Input) (Profile, bool, error) {
 	for attempt := 1; ; attempt++ {
 		p, created, err := s.upsert(ctx, actor, in)
-		if !errors.Is(err, errCreatedMeanwhile) {
+		if !raced(err) {
 			return p, created, err
 		}
 		if attempt == 3 {
 			return p, created, &problem.Error{Kind: problem.Conflict, Code: "profile_conflict",
-				Message: errCreatedMeanwhile.Error() + ", three times; try again"}
+				Message: "the profile was created or changed by another request at the same time, three times; try again"}
 		}
 	}
 }
@@ -122,7 +121,7 @@ func (s *Service) Update(ctx context.Context, actor audit.Actor, id int64, in In
 			}
 		}
 		merged.UpdatedAt = s.clock.Now()
-		br := &batchResult{updated: []*slot{{p: merged}}}
+		br := &batchResult{updated: []*slot{{p: merged, readUpdated: storedMillis(before.UpdatedAt)}}}
 		if err := write(ctx, s.db, conn, tx, br, true); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -43,6 +44,9 @@ type slot struct {
 	dirty bool
 	// attrsJSON is p.Attributes encoded, while it is known; "" means encode when writing.
 	attrsJSON string
+	// readUpdated is the stored profile's updated_at when it was read: writing it back
+	// requires it unchanged (see errChangedMeanwhile).
+	readUpdated int64
 }
 
 type batchResult struct {
@@ -107,7 +111,7 @@ func resolveLocking(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []p
 					return fmt.Errorf("look up profiles: %w", err)
 				}
 				if byID[p.ID] == nil {
-					byID[p.ID] = &slot{p: p}
+					byID[p.ID] = &slot{p: p, readUpdated: storedMillis(p.UpdatedAt)}
 				}
 				s := byID[p.ID]
 				if p.emailKey != "" {
@@ -283,15 +287,19 @@ func write(ctx context.Context, db *store.DB, conn *sql.Conn, tx *sql.Tx, r *bat
 	if len(r.updated) > 0 {
 		stmt, err := tx.PrepareContext(ctx, `UPDATE profiles SET email = $1, email_key = $2, email_domain = $3, phone = $4,
 			push_tokens = $5, time_zone = $6, locale = $7, external_id = $8, attributes = $9, opt_out_email = $10,
-			opt_out_sms = $11, opt_out_push = $12, updated_at = $13 WHERE id = $14`)
+			opt_out_sms = $11, opt_out_push = $12, updated_at = $13 WHERE id = $14 AND updated_at = $15`)
 		if err != nil {
 			return fmt.Errorf("update profiles: %w", err)
 		}
 		defer stmt.Close()
 		for _, s := range r.updated {
 			v := slotValues(s)
-			if _, err := stmt.ExecContext(ctx, append(append(v[:12:12], v[13]), s.p.ID)...); err != nil {
+			res, err := stmt.ExecContext(ctx, append(append(v[:12:12], v[13]), s.p.ID, s.readUpdated)...)
+			if err != nil {
 				return fmt.Errorf("update profile %d: %w", s.p.ID, err)
+			}
+			if n, err := res.RowsAffected(); err != nil || n != 1 {
+				return fmt.Errorf("update profile %d: %w", s.p.ID, cmp.Or(err, errChangedMeanwhile))
 			}
 		}
 	}
@@ -302,6 +310,26 @@ func write(ctx context.Context, db *store.DB, conn *sql.Conn, tx *sql.Tx, r *bat
 // external id after this one looked them up: on PostgreSQL, where a transaction's lookups do
 // not hold back other writers (SQLite's writes take turns). Trying again finds that profile.
 var errCreatedMeanwhile = errors.New("a profile with this email or external id was created at the same time")
+
+// errChangedMeanwhile says that a profile this transaction read was changed by another before
+// this one wrote it back (PostgreSQL): writing the merged profile would undo that change, an
+// opt-out for one. A profile is written back only if its updated_at is still the one read;
+// trying again reads the change and merges with it.
+var errChangedMeanwhile = errors.New("a profile was changed by another request at the same time")
+
+// storedMillis is t as the database stores it, 0 for the zero time (see clock.FromMillis).
+func storedMillis(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+// raced reports whether err is one of the two races above, which trying the transaction again
+// resolves.
+func raced(err error) bool {
+	return errors.Is(err, errCreatedMeanwhile) || errors.Is(err, errChangedMeanwhile)
+}
 
 func insertReturning(ctx context.Context, tx *sql.Tx, slots []*slot) error {
 	q := `INSERT INTO profiles (` + strings.Join(insertColumns, ", ") + `) VALUES (` + placeholders(0, len(insertColumns)) + `) RETURNING id`
