@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strconv"
 	"testing"
 	"time"
 
@@ -221,4 +222,51 @@ func problemKind(err error) problem.Kind {
 		return p.Kind
 	}
 	return 0
+}
+
+// TestLoginThrottleHoldsForAttemptsSideBySide: wrong passwords sent side by side, more of them
+// than the limit, get exactly the limit of password checks; the others are refused as too many.
+// (Checked before counting, they all passed the throttle before any failure was counted.)
+func TestLoginThrottleHoldsForAttemptsSideBySide(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		s, _ := newService(t, db)
+		if _, err := s.CreateUser(ctx, audit.System, auth.NewUser{Login: "bob", Password: "bob's long password"}); err != nil {
+			t.Fatal(err)
+		}
+		const n = 4 * auth.MaxFailuresPerLogin
+		kinds := make(chan problem.Kind, n)
+		start := make(chan struct{})
+		for i := range n {
+			go func() {
+				<-start
+				_, _, err := s.Login(ctx, "bob", "a wrong guess "+string(rune('a'+i)), "192.0.2."+strconv.Itoa(i+1))
+				kinds <- problemKind(err)
+			}()
+		}
+		close(start)
+		checked := 0
+		for range n {
+			switch k := <-kinds; k {
+			case problem.Unauthenticated:
+				checked++
+			case problem.TooMany:
+			default:
+				t.Errorf("a wrong password answered with kind %v", k)
+			}
+		}
+		if checked != auth.MaxFailuresPerLogin {
+			t.Fatalf("%d of %d wrong passwords sent at once were checked, want %d", checked, n, auth.MaxFailuresPerLogin)
+		}
+		// A success gives back the attempt its address counted: logging in again and again from
+		// one address never reaches the address's limit.
+		if _, err := s.CreateUser(ctx, audit.System, auth.NewUser{Login: "carol", Password: "carol's long password"}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range auth.MaxFailuresPerAddr + 1 {
+			if _, _, err := s.Login(ctx, "carol", "carol's long password", "203.0.113.9"); err != nil {
+				t.Fatalf("login %d from one address with the right password: %v", i+1, err)
+			}
+		}
+	})
 }

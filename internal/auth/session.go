@@ -25,13 +25,14 @@ func (s *Service) Login(ctx context.Context, login, password, ip string) (Princi
 	keys := []string{"login:" + login, "addr:" + ip}
 	limits := []int{MaxFailuresPerLogin, MaxFailuresPerAddr}
 	now := s.clock.Now()
-	for i, k := range keys {
-		if wait, err := s.throttled(ctx, k, limits[i], now); err != nil {
-			return Principal{}, "", err
-		} else if wait > 0 {
-			return Principal{}, "", &problem.Error{Kind: problem.TooMany, Code: "too_many_attempts", RetryAfter: wait,
-				Message: fmt.Sprintf("too many failed logins; try again in %s", wait.Round(time.Second))}
-		}
+	// The attempt is counted before the password is checked, and given back if it succeeds:
+	// checked first, attempts sent side by side would all pass the check before any failure
+	// was counted, as many guesses as requests.
+	if wait, err := s.reserve(ctx, keys, limits, now); err != nil {
+		return Principal{}, "", err
+	} else if wait > 0 {
+		return Principal{}, "", &problem.Error{Kind: problem.TooMany, Code: "too_many_attempts", RetryAfter: wait,
+			Message: fmt.Sprintf("too many failed logins; try again in %s", wait.Round(time.Second))}
 	}
 	var id int64
 	var hash string
@@ -47,15 +48,15 @@ func (s *Service) Login(ctx context.Context, login, password, ip string) (Princi
 		return Principal{}, "", fmt.Errorf("log in %q: %w", login, err)
 	}
 	if !ok || id == 0 || disabled {
-		if err := s.recordFailure(ctx, keys, now); err != nil {
-			return Principal{}, "", err
-		}
-		return Principal{}, "", unauthenticated("wrong login or password")
+		return Principal{}, "", unauthenticated("wrong login or password") // the attempt stays counted
 	}
 	token := randomToken(32)
 	var p Principal
 	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM login_throttle WHERE key = $1`, keys[0]); err != nil {
+			return fmt.Errorf("log in: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE login_throttle SET failures = failures - 1 WHERE key = $1 AND failures > 0`, keys[1]); err != nil {
 			return fmt.Errorf("log in: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE user_id = $1 AND expires_at < $2`, id, now.UnixMilli()); err != nil {
@@ -74,38 +75,43 @@ func (s *Service) Login(ctx context.Context, login, password, ip string) (Princi
 	return p, token, nil
 }
 
-func (s *Service) throttled(ctx context.Context, key string, limit int, now time.Time) (time.Duration, error) {
-	var failures int
-	var start int64
-	err := s.db.Read.QueryRowContext(ctx, `SELECT failures, window_start FROM login_throttle WHERE key = $1`, key).Scan(&failures, &start)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("read login throttle: %w", err)
-	}
-	end := time.UnixMilli(start).Add(ThrottleWindow)
-	if failures >= limit && now.Before(end) {
-		return end.Sub(now), nil
-	}
-	return 0, nil
-}
+// errThrottled rolls back reserve's transaction when a key is at its limit.
+var errThrottled = errors.New("throttled")
 
-func (s *Service) recordFailure(ctx context.Context, keys []string, now time.Time) error {
+// reserve counts one login attempt against each key (the login, the address) in one
+// transaction, unless a key already counts its limit of attempts in its current window; then
+// it counts nothing and returns how long until that window ends. The count and the check are
+// one statement per key, so attempts side by side take turns on the key's row.
+func (s *Service) reserve(ctx context.Context, keys []string, limits []int, now time.Time) (time.Duration, error) {
 	windowStart := now.Add(-ThrottleWindow).UnixMilli()
-	return s.db.InTx(ctx, func(tx *sql.Tx) error {
-		for _, k := range keys {
-			_, err := tx.ExecContext(ctx, `INSERT INTO login_throttle (key, failures, window_start) VALUES ($1, 1, $2)
+	var wait time.Duration
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+		for i, k := range keys {
+			var n int
+			err := tx.QueryRowContext(ctx, `INSERT INTO login_throttle (key, failures, window_start) VALUES ($1, 1, $2)
 				ON CONFLICT (key) DO UPDATE SET
 				failures = CASE WHEN login_throttle.window_start < $3 THEN 1 ELSE login_throttle.failures + 1 END,
-				window_start = CASE WHEN login_throttle.window_start < $3 THEN $2 ELSE login_throttle.window_start END`,
-				k, now.UnixMilli(), windowStart)
+				window_start = CASE WHEN login_throttle.window_start < $3 THEN $2 ELSE login_throttle.window_start END
+				WHERE login_throttle.window_start < $3 OR login_throttle.failures < $4
+				RETURNING failures`, k, now.UnixMilli(), windowStart, limits[i]).Scan(&n)
+			if errors.Is(err, sql.ErrNoRows) {
+				var start int64
+				if err := tx.QueryRowContext(ctx, `SELECT window_start FROM login_throttle WHERE key = $1`, k).Scan(&start); err != nil {
+					return fmt.Errorf("read login throttle: %w", err)
+				}
+				wait = max(time.UnixMilli(start).Add(ThrottleWindow).Sub(now), time.Second)
+				return errThrottled
+			}
 			if err != nil {
-				return fmt.Errorf("record failed login: %w", err)
+				return fmt.Errorf("count login attempt: %w", err)
 			}
 		}
 		return nil
 	})
+	if errors.Is(err, errThrottled) {
+		return wait, nil
+	}
+	return 0, err
 }
 
 // Session returns the principal of an open session, extending the session when it is used.
