@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/heraldhq/herald/internal/sending"
+	"github.com/heraldhq/herald/internal/store"
 )
 
 // benchCmd runs the sending benchmark of DESIGN.md §4 and prints what it measured.
@@ -17,6 +19,7 @@ func benchCmd() *cobra.Command {
 	var o sending.BenchOptions
 	var cpuProfile, traceFile string
 	var asJSON bool
+	var runs int
 	send := &cobra.Command{
 		Use:   "send",
 		Short: "Send N personalised, tracked messages end to end into an SMTP sink and compare with the transport's ceiling",
@@ -36,6 +39,9 @@ every figure is a lower bound.`,
   herald bench send --n 100000 --smtp 127.0.0.1:2525 --cpuprofile send.pprof`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if runs > 1 {
+				return benchRuns(cmd, o, runs, asJSON, cpuProfile != "" || traceFile != "")
+			}
 			for _, out := range []struct {
 				path string
 				w    *io.Writer
@@ -74,6 +80,36 @@ every figure is a lower bound.`,
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the end-to-end phase to this file")
 	f.StringVar(&traceFile, "trace", "", "write a runtime execution trace of the end-to-end phase to this file (go tool trace)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.IntVar(&runs, "runs", 1, "run the bench this many times, each on a fresh database, and sum up the ratios (one run's varies by a few hundredths)")
 	cmd.AddCommand(send, benchTrackCmd())
 	return cmd
+}
+
+// benchRuns runs the send bench runs times, each on a fresh database, and prints each run's line
+// and the spread of their ratios and rates.
+func benchRuns(cmd *cobra.Command, o sending.BenchOptions, runs int, asJSON, profiling bool) error {
+	if profiling {
+		return errors.New("bench send: --cpuprofile and --trace record one run; leave out --runs")
+	}
+	if o.DBPath != "" && !store.IsPostgres(o.DBPath) {
+		return errors.New("bench send: --db names one SQLite file, which one run creates; leave it out with --runs (a postgres:// URL is fine)")
+	}
+	o.Progress = cmd.ErrOrStderr()
+	var results []sending.BenchResult
+	for k := range runs {
+		fmt.Fprintf(cmd.ErrOrStderr(), "run %d of %d\n", k+1, runs)
+		res, err := sending.Bench(cmd.Context(), o)
+		if err != nil {
+			return fmt.Errorf("run %d of %d: %w", k+1, runs, err)
+		}
+		results = append(results, res)
+	}
+	sum := sending.Summarize(results)
+	if asJSON {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		return enc.Encode(sum)
+	}
+	fmt.Fprint(cmd.OutOrStdout(), sum)
+	return nil
 }

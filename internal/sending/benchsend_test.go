@@ -171,3 +171,23 @@ func TestBenchOnPostgres(t *testing.T) {
 		t.Fatalf("%d bench schemas after the run, %d before", n, before)
 	}
 }
+
+// TestSummarize: the spread of the runs' ratios and rates, and how many reached the target.
+func TestSummarize(t *testing.T) {
+	s := Summarize([]BenchResult{{Ratio: 0.70, MsgsPerSec: 18000}, {Ratio: 0.80, MsgsPerSec: 21000},
+		{Ratio: 0.75, MsgsPerSec: 20000}, {Ratio: 0.73, MsgsPerSec: 19000}})
+	want := Spread{Mean: 0.745, Median: 0.74, Min: 0.70, Max: 0.80}
+	if d := math.Abs(s.Ratio.Mean-want.Mean) + math.Abs(s.Ratio.Median-want.Median) + math.Abs(s.Ratio.Min-want.Min) +
+		math.Abs(s.Ratio.Max-want.Max); d > 1e-9 {
+		t.Fatalf("ratio spread %+v, want %+v", s.Ratio, want)
+	}
+	if s.MsgsPerSec.Median != 19500 || s.AtTarget != 2 {
+		t.Fatalf("rate median %v, %d runs at the target; want 19500 and 2", s.MsgsPerSec.Median, s.AtTarget)
+	}
+	if out := s.String(); !strings.Contains(out, "run 4") || !strings.Contains(out, "2 of 4 at 0.75 or more") {
+		t.Fatalf("String() =\n%s", out)
+	}
+	if odd := Summarize([]BenchResult{{Ratio: 0.9}, {Ratio: 0.6}, {Ratio: 0.7}}); odd.Ratio.Median != 0.7 {
+		t.Fatalf("median of three = %v", odd.Ratio.Median)
+	}
+}
