@@ -158,14 +158,10 @@ func get(ctx context.Context, q querier, id int64) (Audience, error) {
 	return getSuffix(ctx, q, id, "")
 }
 
-// getForUpdate is get for a change in tx: on PostgreSQL the row stays locked until tx ends, so
-// that two changes at once (one renaming, one editing the filter) are made in turn and neither
-// is undone by the other (SQLite's writes take turns).
+// getForUpdate is get for a change in tx (store.ForUpdate): two changes at once (one renaming,
+// one editing the filter) are made in turn and neither is undone by the other.
 func (s *Service) getForUpdate(ctx context.Context, tx *sql.Tx, id int64) (Audience, error) {
-	if s.db.Engine == store.Postgres {
-		return getSuffix(ctx, tx, id, " FOR UPDATE")
-	}
-	return getSuffix(ctx, tx, id, "")
+	return getSuffix(ctx, tx, id, store.ForUpdate(s.db.Engine))
 }
 
 func getSuffix(ctx context.Context, q querier, id int64, suffix string) (Audience, error) {

@@ -476,12 +476,7 @@ func get(ctx context.Context, q querier, id int64, suffix string) (Delivery, err
 	return d, nil
 }
 
-// lock reads delivery id in tx for a change: on PostgreSQL the row is locked until the
-// transaction ends (SQLite's write transactions are already serialised).
+// lock reads delivery id in tx for a change (store.ForUpdate).
 func (s *Service) lock(ctx context.Context, tx *sql.Tx, id int64) (Delivery, error) {
-	suffix := ""
-	if s.db.Engine == store.Postgres {
-		suffix = " FOR UPDATE"
-	}
-	return get(ctx, tx, id, suffix)
+	return get(ctx, tx, id, store.ForUpdate(s.db.Engine))
 }

@@ -342,21 +342,17 @@ func (s *Service) Import(ctx context.Context, actor audit.Actor, r io.Reader, op
 			continue
 		}
 		var br *batchResult
-		var err error
 		// A batch that meets profiles another import or request created or changed meanwhile
 		// (PostgreSQL) is resolved and written again: the second time it reads them as they are.
-		for attempt := 1; attempt <= 3; attempt++ {
-			err = inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
+		err := retryRaced(func() error {
+			return inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
 				var err error
 				if br, err = resolve(ctx, s.db.Engine, tx, j.batch, s.clock.Now()); err != nil {
 					return err
 				}
 				return write(ctx, s.db, conn, tx, br, false)
 			})
-			if !raced(err) {
-				break
-			}
-		}
+		})
 		if err != nil {
 			return res, fmt.Errorf("import lines %d to %d: %w", j.batch[0].line, j.batch[len(j.batch)-1].line, err)
 		}

@@ -393,10 +393,11 @@ func TestChangesAtOnceToOneProfileAreBothKept(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The other transaction sets an attribute of its own (its key is the case's name).
-			set := `UPDATE profiles SET attributes = json_set(attributes, '$.` + c.name + `', 'x') WHERE id = $1`
+			// The other transaction sets an attribute of its own (its key is the case's name) and,
+			// as every change Herald makes to a profile, its updated_at.
+			set := `UPDATE profiles SET attributes = json_set(attributes, '$.` + c.name + `', 'x'), updated_at = updated_at + 1000 WHERE id = $1`
 			if db.Engine == store.Postgres {
-				set = `UPDATE profiles SET attributes = attributes || jsonb_build_object('` + c.name + `', 'x') WHERE id = $1`
+				set = `UPDATE profiles SET attributes = attributes || jsonb_build_object('` + c.name + `', 'x'), updated_at = updated_at + 1000 WHERE id = $1`
 			}
 			if _, err := other.ExecContext(ctx, set, p.ID); err != nil {
 				t.Fatal(err)

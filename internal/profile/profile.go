@@ -302,14 +302,10 @@ func get(ctx context.Context, q querier, id int64) (Profile, error) {
 	return getSuffix(ctx, q, id, "")
 }
 
-// getForUpdate is get for a change in tx: on PostgreSQL the row stays locked until tx ends, so
-// that two changes to one profile at once are made one after the other, the second on the
-// first's result, instead of the second overwriting the first (SQLite's writes take turns).
+// getForUpdate is get for a change in tx (store.ForUpdate): two changes to one profile at once
+// are made one after the other, the second on the first's result.
 func getForUpdate(ctx context.Context, eng store.Engine, tx *sql.Tx, id int64) (Profile, error) {
-	if eng == store.Postgres {
-		return getSuffix(ctx, tx, id, " FOR UPDATE")
-	}
-	return getSuffix(ctx, tx, id, "")
+	return getSuffix(ctx, tx, id, store.ForUpdate(eng))
 }
 
 func getSuffix(ctx context.Context, q querier, id int64, suffix string) (Profile, error) {

@@ -25,21 +25,8 @@ func invalid(errs []FieldError) error {
 // Upsert creates a profile or updates the one with the same external id (when given) or
 // email. It reports whether the profile was created. Upserts of one new address at the same
 // time (a form sent twice) make one profile: one creates it, and the others, on PostgreSQL
-// refused by its unique keys, try again and update it.
+// refused by its unique keys, try again and update it (retryRaced).
 func (s *Service) Upsert(ctx context.Context, actor audit.Actor, in Input) (Profile, bool, error) {
-	for attempt := 1; ; attempt++ {
-		p, created, err := s.upsert(ctx, actor, in)
-		if !raced(err) {
-			return p, created, err
-		}
-		if attempt == 3 {
-			return p, created, &problem.Error{Kind: problem.Conflict, Code: "profile_conflict",
-				Message: "the profile was created or changed by another request at the same time, three times; try again"}
-		}
-	}
-}
-
-func (s *Service) upsert(ctx context.Context, actor audit.Actor, in Input) (Profile, bool, error) {
 	n, errs := normalize(in)
 	if len(errs) > 0 {
 		return Profile{}, false, invalid(errs)
@@ -49,36 +36,42 @@ func (s *Service) upsert(ctx context.Context, actor audit.Actor, in Input) (Prof
 	}
 	var out Profile
 	var created bool
-	err := inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
-		br, err := resolveLocking(ctx, s.db.Engine, tx, []pending{{n: n}}, s.clock.Now(), true)
-		if err != nil {
-			return err
-		}
-		if br.outcomes[0] == outRejected {
-			c := br.conflict[0]
-			return &problem.Error{Kind: problem.Conflict, Code: "profile_conflict", Field: c.field, Message: c.msg}
-		}
-		var before *Profile
-		if sl := br.slots[0]; !sl.isNew {
-			b, err := get(ctx, tx, sl.p.ID)
+	err := retryRaced(func() error {
+		return inBatchTx(ctx, s.db, func(conn *sql.Conn, tx *sql.Tx) error {
+			br, err := resolve(ctx, s.db.Engine, tx, []pending{{n: n}}, s.clock.Now())
 			if err != nil {
 				return err
 			}
-			before = &b
-		}
-		if err := write(ctx, s.db, conn, tx, br, true); err != nil {
-			return err
-		}
-		out, created = br.slots[0].p, br.outcomes[0] == outCreated
-		if br.outcomes[0] == outUnchanged {
-			return nil
-		}
-		action := "profile.update"
-		if created {
-			action = "profile.create"
-		}
-		return audit.Record(ctx, tx, s.clock.Now(), actor, action, "profile", out.ID, before, out)
+			if br.outcomes[0] == outRejected {
+				c := br.conflict[0]
+				return &problem.Error{Kind: problem.Conflict, Code: "profile_conflict", Field: c.field, Message: c.msg}
+			}
+			var before *Profile
+			if sl := br.slots[0]; !sl.isNew {
+				b, err := get(ctx, tx, sl.p.ID)
+				if err != nil {
+					return err
+				}
+				before = &b
+			}
+			if err := write(ctx, s.db, conn, tx, br, true); err != nil {
+				return err
+			}
+			out, created = br.slots[0].p, br.outcomes[0] == outCreated
+			if br.outcomes[0] == outUnchanged {
+				return nil
+			}
+			action := "profile.update"
+			if created {
+				action = "profile.create"
+			}
+			return audit.Record(ctx, tx, s.clock.Now(), actor, action, "profile", out.ID, before, out)
+		})
 	})
+	if raced(err) {
+		return Profile{}, false, &problem.Error{Kind: problem.Conflict, Code: "profile_conflict",
+			Message: "the profile was created or changed by another request at the same time, three times; try again"}
+	}
 	return out, created, err
 }
 

@@ -69,20 +69,9 @@ type conflict struct {
 const lookupChunk = 5000
 
 // resolve decides, for each input, which profile it writes and how.
+// It locks nothing: a batch locking thousands of rows in the order it meets them could deadlock
+// with another, so what it read is checked when it is written (errChangedMeanwhile).
 func resolve(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending, now time.Time) (*batchResult, error) {
-	return resolveLocking(ctx, eng, tx, batch, now, false)
-}
-
-// resolveLocking is resolve; with lock, on PostgreSQL, the stored profiles it finds stay locked
-// until the transaction ends, so that a change made meanwhile by another transaction is waited
-// for and merged with, not overwritten (SQLite's writes take turns). A single upsert locks its
-// one profile; an import's batches do not, as batches locking thousands of rows in different
-// orders could deadlock.
-func resolveLocking(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending, now time.Time, lock bool) (*batchResult, error) {
-	forUpdate := ""
-	if lock && eng == store.Postgres {
-		forUpdate = " FOR UPDATE"
-	}
 	var keys, exts []string
 	for _, b := range batch {
 		if b.n.emailKey != "" {
@@ -99,7 +88,6 @@ func resolveLocking(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []p
 		for start := 0; start < len(vals); start += lookupChunk {
 			chunk := vals[start:min(start+lookupChunk, len(vals))]
 			q, args := inQuery(eng, `SELECT `+profileColumns+` FROM profiles WHERE `+col+` IN `, chunk)
-			q += forUpdate
 			rows, err := tx.QueryContext(ctx, q, args...)
 			if err != nil {
 				return fmt.Errorf("look up profiles: %w", err)
@@ -329,6 +317,18 @@ func storedMillis(t time.Time) int64 {
 // resolves.
 func raced(err error) bool {
 	return errors.Is(err, errCreatedMeanwhile) || errors.Is(err, errChangedMeanwhile)
+}
+
+// retryRaced runs a resolve-and-write transaction, and again, three times in all, while it
+// meets a race (raced); it returns the last error.
+func retryRaced(tx func() error) error {
+	var err error
+	for range 3 {
+		if err = tx(); !raced(err) {
+			return err
+		}
+	}
+	return err
 }
 
 func insertReturning(ctx context.Context, tx *sql.Tx, slots []*slot) error {

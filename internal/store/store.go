@@ -58,6 +58,17 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 	return openSQLite(ctx, dsn)
 }
 
+// ForUpdate is the clause that ends a SELECT reading rows a transaction is about to change: on
+// PostgreSQL " FOR UPDATE", which locks them until the transaction ends, so that a change
+// committed meanwhile by another transaction is waited for rather than overwritten; on SQLite
+// "", as its write transactions already take turns.
+func ForUpdate(eng Engine) string {
+	if eng == Postgres {
+		return " FOR UPDATE"
+	}
+	return ""
+}
+
 // IsPostgres reports whether dsn selects PostgreSQL.
 func IsPostgres(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
