@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -61,13 +60,7 @@ every figure is a lower bound.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
-			}
-			fmt.Fprint(cmd.OutOrStdout(), res)
-			return nil
+			return printResult(cmd.OutOrStdout(), res, asJSON)
 		},
 	}
 	f := send.Flags()
@@ -104,12 +97,5 @@ func benchRuns(cmd *cobra.Command, o sending.BenchOptions, runs int, asJSON, pro
 		}
 		results = append(results, res)
 	}
-	sum := sending.Summarize(results)
-	if asJSON {
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		enc.SetIndent("", "  ")
-		return enc.Encode(sum)
-	}
-	fmt.Fprint(cmd.OutOrStdout(), sum)
-	return nil
+	return printResult(cmd.OutOrStdout(), sending.Summarize(results), asJSON)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,13 +51,7 @@ machine's cores; on a machine shared with other work every figure is a lower bou
 			if !plainMux {
 				res.Handler = "serve's handler tree (web.NewServer)"
 			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
-			}
-			fmt.Fprint(cmd.OutOrStdout(), res)
-			return nil
+			return printResult(cmd.OutOrStdout(), res, asJSON)
 		},
 	}
 	f := cmd.Flags()

@@ -47,9 +47,7 @@ func deliveryCmd(cfg *config.Config) *cobra.Command {
 		if out == nil {
 			return nil
 		}
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return writeJSON(cmd.OutOrStdout(), out)
 	}
 	idArg := func(args []string) (int64, error) {
 		id, err := strconv.ParseInt(args[0], 10, 64)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -56,9 +55,7 @@ and column; the good ones are kept. Use - to read standard input.`,
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
+				return writeJSON(out, res)
 			}
 			fmt.Fprintf(out, "read %d lines in %.1fs: %d created, %d updated, %d unchanged, %d rejected\n",
 				res.Read, res.Seconds, res.Created, res.Updated, res.Unchanged, res.Rejected)

@@ -3,8 +3,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -70,4 +72,20 @@ func versionCmd() *cobra.Command {
 			fmt.Fprintln(cmd.OutOrStdout(), "herald", buildVersion())
 		},
 	}
+}
+
+// writeJSON writes v to w as indented JSON, as every command with --json prints its result.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// printResult prints a command's result: as JSON with --json, else as its String.
+func printResult(w io.Writer, v fmt.Stringer, asJSON bool) error {
+	if asJSON {
+		return writeJSON(w, v)
+	}
+	_, err := fmt.Fprint(w, v)
+	return err
 }
