@@ -157,17 +157,12 @@ func TestRenameWhileTheFilterChanges(t *testing.T) {
 		if _, err := other.ExecContext(ctx, `UPDATE audiences SET filter = $1 WHERE id = $2`, `attributes.city = "lyon"`, a.ID); err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan error, 1)
-		go func() {
+		err = storetest.CommitMeanwhile(t, other, func() error {
 			name := "city folk"
 			_, err := as.Update(ctx, audit.System, a.ID, &name, nil)
-			done <- err
-		}()
-		time.Sleep(50 * time.Millisecond)
-		if err := other.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-done; err != nil {
+			return err
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 		got, err := as.Get(ctx, a.ID)

@@ -49,13 +49,10 @@ func TestTwoChangesAtOnceKeepAnAdministrator(t *testing.T) {
 		if err := disable(tx1, ids[0]); err != nil {
 			t.Fatalf("disabling one of two administrators: %v", err)
 		}
-		second := make(chan error, 1)
-		go func() { second <- db.InTx(ctx, func(tx *sql.Tx) error { return disable(tx, ids[1]) }) }()
-		time.Sleep(50 * time.Millisecond)
-		if err := tx1.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		if p, ok := problem.As(<-second); !ok || p.Code != "last_administrator" {
+		err = storetest.CommitMeanwhile(t, tx1, func() error {
+			return db.InTx(ctx, func(tx *sql.Tx) error { return disable(tx, ids[1]) })
+		})
+		if p, ok := problem.As(err); !ok || p.Code != "last_administrator" {
 			t.Fatalf("the second change, which leaves no administrator, got %v", p)
 		}
 		var enabled int

@@ -299,24 +299,15 @@ func TestUpsertAfterAnotherCreatedTheProfile(t *testing.T) {
 		s, _ := newService(t, db)
 		ctx := context.Background()
 		tx1, first := createUncommitted(t, db, "twice@example.com")
-		type result struct {
-			p       profile.Profile
-			created bool
-			err     error
-		}
-		second := make(chan result, 1)
-		go func() {
+		var p profile.Profile
+		var created bool
+		err := storetest.CommitMeanwhile(t, tx1, func() (err error) {
 			email := "twice@example.com"
-			p, created, err := s.Upsert(ctx, audit.System, profile.Input{Email: &email, Attributes: map[string]any{"city": "Lyon"}})
-			second <- result{p, created, err}
-		}()
-		time.Sleep(50 * time.Millisecond)
-		if err := tx1.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		r := <-second
-		if r.err != nil || r.created || r.p.ID != first || r.p.Attributes["city"] != "Lyon" {
-			t.Fatalf("upsert after another created the address: %+v created=%v %v; want an update of profile %d", r.p, r.created, r.err, first)
+			p, created, err = s.Upsert(ctx, audit.System, profile.Input{Email: &email, Attributes: map[string]any{"city": "Lyon"}})
+			return err
+		})
+		if err != nil || created || p.ID != first || p.Attributes["city"] != "Lyon" {
+			t.Fatalf("upsert after another created the address: %+v created=%v %v; want an update of profile %d", p, created, err, first)
 		}
 		var n int
 		if err := db.Read.QueryRow(`SELECT count(*) FROM profiles`).Scan(&n); err != nil || n != 1 {
@@ -334,23 +325,14 @@ func TestImportAfterAnotherCreatedAProfile(t *testing.T) {
 		s, _ := newService(t, db)
 		ctx := context.Background()
 		tx1, _ := createUncommitted(t, db, "b@example.com")
-		type result struct {
-			res profile.ImportResult
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
+		var res profile.ImportResult
+		err := storetest.CommitMeanwhile(t, tx1, func() (err error) {
 			csv := "email,city\na@example.com,Lyon\nb@example.com,Nice\nc@example.com,Paris\n"
-			res, err := s.Import(ctx, audit.System, strings.NewReader(csv), profile.ImportOptions{})
-			done <- result{res, err}
-		}()
-		time.Sleep(50 * time.Millisecond)
-		if err := tx1.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		r := <-done
-		if r.err != nil || r.res.Created != 2 || r.res.Updated != 1 || len(r.res.Errors) != 0 {
-			t.Fatalf("import while another created one of its addresses: %+v %v; want 2 created, 1 updated", r.res, r.err)
+			res, err = s.Import(ctx, audit.System, strings.NewReader(csv), profile.ImportOptions{})
+			return err
+		})
+		if err != nil || res.Created != 2 || res.Updated != 1 || len(res.Errors) != 0 {
+			t.Fatalf("import while another created one of its addresses: %+v %v; want 2 created, 1 updated", res, err)
 		}
 		var city string
 		var n int
@@ -402,13 +384,7 @@ func TestChangesAtOnceToOneProfileAreBothKept(t *testing.T) {
 			if _, err := other.ExecContext(ctx, set, p.ID); err != nil {
 				t.Fatal(err)
 			}
-			done := make(chan error, 1)
-			go func() { done <- c.change() }()
-			time.Sleep(50 * time.Millisecond)
-			if err := other.Commit(); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-done; err != nil {
+			if err := storetest.CommitMeanwhile(t, other, c.change); err != nil {
 				t.Fatalf("%s while another transaction changes the profile: %v", c.name, err)
 			}
 			got, err := s.Get(ctx, p.ID)
@@ -463,16 +439,11 @@ func TestImportKeepsAnOptOutMadeMeanwhile(t *testing.T) {
 			id, updated+1000); err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan error, 1)
-		go func() {
+		err = storetest.CommitMeanwhile(t, optOut, func() error {
 			_, err := s.Import(ctx, audit.System, strings.NewReader("email,city\nkeep@example.com,Nice\n"), profile.ImportOptions{})
-			done <- err
-		}()
-		time.Sleep(50 * time.Millisecond)
-		if err := optOut.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-done; err != nil {
+			return err
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 		p, err := s.Get(ctx, id)

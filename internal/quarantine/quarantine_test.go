@@ -724,28 +724,15 @@ func TestDenylistTellsOneOfTwoAtOnce(t *testing.T) {
 		if _, added, err := s.Denylist(ctx, tx1, Email, "both@example.com", "complaint", t0); err != nil || !added {
 			t.Fatalf("first Denylist: added %v, %v", added, err)
 		}
-		type result struct {
-			added bool
-			err   error
-		}
-		second := make(chan result, 1)
-		go func() {
-			// On PostgreSQL this waits on the row the first transaction holds; on SQLite, for the
-			// one write connection.
-			var r result
-			r.err = db.InTx(ctx, func(tx *sql.Tx) error {
-				_, added, err := s.Denylist(ctx, tx, Email, "both@example.com", "complaint again", t0)
-				r.added = added
+		var added bool
+		err = storetest.CommitMeanwhile(t, tx1, func() error {
+			return db.InTx(ctx, func(tx *sql.Tx) (err error) {
+				_, added, err = s.Denylist(ctx, tx, Email, "both@example.com", "complaint again", t0)
 				return err
 			})
-			second <- r
-		}()
-		time.Sleep(50 * time.Millisecond)
-		if err := tx1.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		if r := <-second; r.err != nil || r.added {
-			t.Fatalf("second Denylist: added %v, %v; want false: both would report putting the address on the denylist", r.added, r.err)
+		})
+		if err != nil || added {
+			t.Fatalf("second Denylist: added %v, %v; want false: both would report putting the address on the denylist", added, err)
 		}
 		if h := history(t, s, Email, "both@example.com"); len(h) != 1 {
 			t.Fatalf("history = %+v, want one change", h)

@@ -162,31 +162,21 @@ func TestDispatchersOfTwoNodesPostAnEventOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		lease := `UPDATE webhook_outbox SET lease_until = $1`
 		if db.Engine == store.Postgres {
 			if _, err := first.ExecContext(ctx, `SELECT id FROM webhook_outbox FOR UPDATE`); err != nil {
 				t.Fatal(err)
 			}
 		}
-		type result struct {
-			n   int
-			err error
-		}
-		second := make(chan result, 1)
-		go func() {
-			n, err := (&webhook.Dispatcher{DB: db, Clock: clk, Log: log}).DispatchOnce(ctx)
-			second <- result{n, err}
-		}()
-		time.Sleep(50 * time.Millisecond)
-		if _, err := first.ExecContext(ctx, lease, clk.Now().Add(5*time.Minute).UnixMilli()); err != nil {
+		if _, err := first.ExecContext(ctx, `UPDATE webhook_outbox SET lease_until = $1`, clk.Now().Add(5*time.Minute).UnixMilli()); err != nil {
 			t.Fatal(err)
 		}
-		if err := first.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		r := <-second
-		if r.err != nil || r.n != 0 || len(rcv.batches) != 0 {
-			t.Fatalf("the second node's dispatcher posted %d events (%v, batches %v) that the first was leasing", r.n, r.err, rcv.batches)
+		var n int
+		err = storetest.CommitMeanwhile(t, first, func() (err error) {
+			n, err = (&webhook.Dispatcher{DB: db, Clock: clk, Log: log}).DispatchOnce(ctx)
+			return err
+		})
+		if err != nil || n != 0 || len(rcv.batches) != 0 {
+			t.Fatalf("the second node's dispatcher posted %d events (%v, batches %v) that the first was leasing", n, err, rcv.batches)
 		}
 	})
 }

@@ -8,10 +8,12 @@ package storetest
 
 import (
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldhq/herald/internal/store"
 )
@@ -95,4 +97,20 @@ func QueryPlan(t testing.TB, db *store.DB, stmt string, args ...any) string {
 		t.Fatal(err)
 	}
 	return strings.Join(plan, "\n")
+}
+
+// CommitMeanwhile runs fn while tx, another request's or node's transaction left open by the
+// test, is still open, then commits tx and returns fn's error: fn starts, is given 50 ms to reach
+// whatever it waits for on tx (on PostgreSQL a row or key tx holds, on SQLite the one write
+// connection), and tx commits under it. When fn waits on tx, it ends after the commit, whatever
+// the timing.
+func CommitMeanwhile(t testing.TB, tx *sql.Tx, fn func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	time.Sleep(50 * time.Millisecond)
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return <-done
 }
