@@ -58,7 +58,8 @@ type queries struct {
 	// Settling a delivery: expire fails as expired, at $2, its pending rows not in flight;
 	// waiting counts its pending rows and those in status sending, and says whether one pending
 	// row is due at $2, in one statement; anySent says whether one row was sent. The delivery
-	// is $1.
+	// is $1. On SQLite the rows of a batch in flight stay pending and due (the pick took them
+	// due), so a delivery with a batch out is never moved on.
 	expire, waiting, anySent string
 }
 
@@ -781,11 +782,6 @@ func (e *Engine) settle(ctx context.Context, d activeDelivery) error {
 		}
 		if e.settleHook != nil {
 			e.settleHook()
-		}
-		if e.sql.engine == store.SQLite && inFlight == 0 {
-			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM in_flight WHERE delivery_id = $1`, d.id).Scan(&inFlight); err != nil {
-				return err
-			}
 		}
 		if inFlight > 0 {
 			return nil
