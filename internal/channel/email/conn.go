@@ -37,6 +37,10 @@ type conn struct {
 	sent     int    // messages sent on this connection
 	lastUsed time.Time
 	broken   bool // the server announced it is closing (421)
+	// open says the server holds a transaction whose only recipient was
+	// refused: the next message on the connection must be preceded by RSET
+	// (a MAIL inside an open transaction is refused, 503).
+	open bool
 }
 
 // countWriter sits under the bufio.Writer and counts what the network took.

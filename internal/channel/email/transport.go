@@ -420,11 +420,11 @@ func check(m *channel.Message, size int64) (channel.Outcome, bool) {
 // messages' worth of commands.
 func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch, reused bool) error {
 	var (
-		body    = -1  // message whose data is written and unanswered
-		bodyEnd int64 // stream position just after its terminating dot
-		lone    bool  // body is a lone dot after a DATA accepted in error
-		rset    bool  // the server holds a failed transaction to reset
-		replies int   // replies read on this run, to tell stale connections
+		body    = -1     // message whose data is written and unanswered
+		bodyEnd int64    // stream position just after its terminating dot
+		lone    bool     // body is a lone dot after a DATA accepted in error
+		rset    = c.open // the server holds a failed transaction to reset
+		replies int      // replies read on this run, to tell stale connections
 	)
 	fail := func(err error, env int) error {
 		if body >= 0 && !lone {
@@ -467,6 +467,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			body, lone = -1, false
 		}
 		if i < 0 {
+			c.open = rset
 			return nil
 		}
 		if rset {

@@ -304,6 +304,31 @@ func TestHardFail(t *testing.T) {
 	}
 }
 
+// TestRefusedLastMessage: a batch whose last message is refused leaves its connection with a
+// transaction open on the server (MAIL accepted, its only recipient refused); the next batch on
+// that connection resets it first instead of meeting "503 nested MAIL command", which would
+// fail its first recipient for good.
+func TestRefusedLastMessage(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			s.Script("user0@example.com", smtptest.Always(smtptest.Action{Code: 550, Enhanced: "5.1.1", Text: "no such user"}))
+			tr := newTestTransport(t, Options{}, plainRelay(s, 1))
+			out := send(t, tr, testMessages(1, rcptN))
+			wantStatus(t, out, 0, channel.HardFail)
+			msgs := testMessages(3, func(i int) string { return rcptN(i + 1) })
+			out = send(t, tr, msgs)
+			for i := range out {
+				wantStatus(t, out, i, channel.Sent)
+			}
+			checkReceived(t, s, msgs, out)
+			if s.Connections() != 1 {
+				t.Errorf("used %d connections, want 1", s.Connections())
+			}
+		})
+	}
+}
+
 func TestDroppedConnection(t *testing.T) {
 	drop := func(d smtptest.Drop) smtptest.Script {
 		return func(attempt int) smtptest.Action {

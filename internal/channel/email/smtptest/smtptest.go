@@ -5,7 +5,8 @@
 // PIPELINING and reads pipelined commands correctly. On top of it the Server
 // records every accepted message, and answers per recipient from a Script:
 // temporary failures a number of times, permanent refusals, a connection
-// dropped around the end of DATA, or a slow answer. Sink mode replaces
+// dropped around the end of DATA, or a slow answer. Like Postfix, it refuses
+// a MAIL command while a transaction is open (503). Sink mode replaces
 // go-smtp with a minimal hand-written loop that counts and discards, for
 // benchmarks.
 package smtptest
@@ -270,6 +271,7 @@ type session struct {
 	c       *smtp.Conn
 	user    string
 	from    string
+	inMail  bool // a transaction is open: MAIL accepted, not yet ended or reset
 	to      []string
 	actions []Action
 	drop    bool // close the connection once the final reply is written
@@ -319,7 +321,12 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	if se.s.opts.Users != nil && se.user == "" {
 		return smtp.ErrAuthRequired
 	}
-	se.from = from
+	if se.inMail {
+		// As Postfix and Exim answer (RFC 5321 section 4.1.4): a client must end
+		// or reset a transaction before starting another.
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "nested MAIL command"}
+	}
+	se.from, se.inMail = from, true
 	return nil
 }
 
@@ -371,7 +378,7 @@ func (se *session) Data(r io.Reader) error {
 // Reset runs after every transaction, once its final reply is written, which
 // is where a DropAfterReply takes effect.
 func (se *session) Reset() {
-	se.from, se.to, se.actions = "", nil, nil
+	se.from, se.to, se.actions, se.inMail = "", nil, nil, false
 	if se.drop {
 		se.drop = false
 		se.c.Conn().Close()
