@@ -169,27 +169,34 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // TestSendingSettingsReachTheEngine: `herald serve` paces a recipient domain capped in
-// HERALD_DOMAIN_LIMITS and retries a soft failure after the first wait of HERALD_RETRY_BACKOFF.
+// HERALD_DOMAIN_LIMITS, sends to a domain capped in HERALD_DOMAIN_CONNS one message at a time,
+// and retries a soft failure after the first wait of HERALD_RETRY_BACKOFF.
 func TestSendingSettingsReachTheEngine(t *testing.T) {
 	dsn := storetest.DSN(t, storetest.Engines()[0])
 	mail := smtptest.Start(t, smtptest.Options{})
 	mail.Script("dan@busy.example", smtptest.Always(smtptest.Action{Code: 451, Enhanced: "4.3.0", Text: "busy"}))
+	narrow := []string{"eve@narrow.example", "fay@narrow.example", "gus@narrow.example", "hal@narrow.example"}
+	for _, to := range narrow {
+		// Slow enough that, over the 20 connections of the relay, the four would be in progress together.
+		mail.Script(to, smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Delay: 150 * time.Millisecond}))
+	}
 	tokens := addUsers(t, dsn, [2]string{"maker", "Prepare deliveries"}, [2]string{"starter", "Start deliveries"})
-	importProfiles(t, dsn, []byte("email\nann@slow.example\nbob@slow.example\ncyd@slow.example\ndan@busy.example\n"))
+	importProfiles(t, dsn, []byte("email\nann@slow.example\nbob@slow.example\ncyd@slow.example\ndan@busy.example\n"+
+		strings.Join(narrow, "\n")+"\n"))
 	s := startServer(t, dsn, "HERALD_SMTP_RELAYS=smtp://"+mail.Addr()+"?starttls=off",
-		"HERALD_DOMAIN_LIMITS=slow.example=2", "HERALD_RETRY_BACKOFF=7m,1h")
+		"HERALD_DOMAIN_LIMITS=slow.example=2", "HERALD_DOMAIN_CONNS=narrow.example=1", "HERALD_RETRY_BACKOFF=7m,1h")
 	defer s.stop(t)
 	launch(t, "http://"+s.addr+"/api/v1", tokens["maker"], tokens["starter"], "Paced", map[string]any{"from_name": "Shop",
 		"from_address": "news@shop.example", "subject": "Hi", "html": `<html><body><p>Hi</p><a href="{{.unsubscribe_url}}">Unsubscribe</a></body></html>`})
 	// Two a second with a burst of one: the third reaches the server a second after the first.
 	var first time.Time
 	deadline := time.Now().Add(30 * time.Second)
-	for len(mail.Messages()) < 3 {
-		if first.IsZero() && len(mail.Messages()) > 0 {
+	for countTo(mail, "slow.example") < 3 {
+		if first.IsZero() && countTo(mail, "slow.example") > 0 {
 			first = time.Now()
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of the three slow.example messages arrived", len(mail.Messages()))
+			t.Fatalf("%d of the three slow.example messages arrived", countTo(mail, "slow.example"))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -198,6 +205,10 @@ func TestSendingSettingsReachTheEngine(t *testing.T) {
 	}
 	if took := time.Since(first); took < 800*time.Millisecond {
 		t.Fatalf("three messages to slow.example within %v: the cap of 2 a second was not applied", took)
+	}
+	waitFor(t, "the narrow.example messages", func() bool { return countTo(mail, "narrow.example") == len(narrow) })
+	if n := mail.MaxInProgress("narrow.example"); n != 1 {
+		t.Fatalf("%d messages to narrow.example were in progress at once, want the cap of 1", n)
 	}
 	db, err := store.Open(context.Background(), dsn)
 	if err != nil {
@@ -214,6 +225,17 @@ func TestSendingSettingsReachTheEngine(t *testing.T) {
 	if wait := time.Until(time.UnixMilli(next)); wait < 6*time.Minute+50*time.Second || wait > 7*time.Minute {
 		t.Fatalf("dan's retry is due in %v, want the 7m of HERALD_RETRY_BACKOFF", wait)
 	}
+}
+
+// countTo counts the messages s accepted for recipients at domain.
+func countTo(s *smtptest.Server, domain string) int {
+	n := 0
+	for _, m := range s.Messages() {
+		if strings.HasSuffix(m.To[0], "@"+domain) {
+			n++
+		}
+	}
+	return n
 }
 
 // TestTwoServersShareADeliveryOnPostgres: two `herald serve` processes on one PostgreSQL

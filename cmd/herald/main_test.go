@@ -393,22 +393,26 @@ func TestDeliveryCommands(t *testing.T) {
 	s.stop(t)
 }
 
-// TestSendingSettings: HERALD_DOMAIN_LIMITS and HERALD_RETRY_BACKOFF reach the transport and the
-// engine as written, and a mistake in either stops serve with the variable and the entry named.
+// TestSendingSettings: HERALD_DOMAIN_LIMITS, HERALD_DOMAIN_CONNS and HERALD_RETRY_BACKOFF reach the
+// transport and the engine as written, and a mistake in any stops serve with the variable and the
+// entry named.
 func TestSendingSettings(t *testing.T) {
-	cfg := config.Config{DomainLimits: "gmail.com=50,*=200", RetryBackoff: "10m,1h"}
+	cfg := config.Config{DomainLimits: "gmail.com=50,*=200", DomainConns: "gmail.com=10,*=20", RetryBackoff: "10m,1h"}
 	limits, backoff, err := sendingSettings(&cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if limits.Rates["gmail.com"] != 50 || limits.Default != 200 || !slices.Equal(backoff, []time.Duration{10 * time.Minute, time.Hour}) {
+	if limits.Rates["gmail.com"] != 50 || limits.Default != 200 || limits.Conns["gmail.com"] != 10 || limits.DefaultConns != 20 ||
+		!slices.Equal(backoff, []time.Duration{10 * time.Minute, time.Hour}) {
 		t.Fatalf("got %+v and %v", limits, backoff)
 	}
-	if limits, backoff, err = sendingSettings(&config.Config{}); err != nil || limits.Rates != nil || limits.Default != 0 || backoff != nil {
+	if limits, backoff, err = sendingSettings(&config.Config{}); err != nil || limits.Rates != nil || limits.Default != 0 ||
+		limits.Conns != nil || limits.DefaultConns != 0 || backoff != nil {
 		t.Fatalf("unset: got %+v, %v, %v; want no caps and the engine's schedule", limits, backoff, err)
 	}
 	for _, c := range []struct{ env, want string }{
 		{"HERALD_DOMAIN_LIMITS=gmail.com=fast", `HERALD_DOMAIN_LIMITS: entry 1 "gmail.com=fast"`},
+		{"HERALD_DOMAIN_CONNS=*=none", `HERALD_DOMAIN_CONNS: entry 1 "*=none"`},
 		{"HERALD_RETRY_BACKOFF=1h,10m", `HERALD_RETRY_BACKOFF: entry 2 "10m" is shorter than the wait before it`},
 	} {
 		cmd := exec.Command(heraldBin, "serve")

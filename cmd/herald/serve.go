@@ -256,9 +256,9 @@ func startTracking(ctx context.Context, db *store.DB, cfg *config.Config, profil
 	return h, rec, links, sink, nil
 }
 
-// sendingSettings reads HERALD_DOMAIN_LIMITS and HERALD_RETRY_BACKOFF, also in capture mode,
-// so that a mistake shows before the first relay is configured. A nil schedule means the
-// engine's default.
+// sendingSettings reads HERALD_DOMAIN_LIMITS, HERALD_DOMAIN_CONNS and HERALD_RETRY_BACKOFF, also
+// in capture mode, so that a mistake shows before the first relay is configured. A nil
+// schedule means the engine's default.
 func sendingSettings(cfg *config.Config) (email.DomainLimits, []time.Duration, error) {
 	var (
 		limits  email.DomainLimits
@@ -268,6 +268,11 @@ func sendingSettings(cfg *config.Config) (email.DomainLimits, []time.Duration, e
 	if cfg.DomainLimits != "" {
 		if limits, err = sending.ParseDomainLimits(cfg.DomainLimits); err != nil {
 			return limits, nil, fmt.Errorf("HERALD_DOMAIN_LIMITS: %w", err)
+		}
+	}
+	if cfg.DomainConns != "" {
+		if err = sending.ParseDomainConns(cfg.DomainConns, &limits); err != nil {
+			return limits, nil, fmt.Errorf("HERALD_DOMAIN_CONNS: %w", err)
 		}
 	}
 	if cfg.RetryBackoff != "" {
@@ -298,7 +303,7 @@ func startEngine(ctx context.Context, db *store.DB, cfg *config.Config, clk cloc
 		}
 		sender = t
 		log.Info("sending through SMTP", "relays", len(relays), "capped_domains", len(limits.Rates),
-			"other_domains_cap", limits.Default)
+			"other_domains_cap", limits.Default, "domains_with_conns_cap", len(limits.Conns), "other_domains_conns_cap", limits.DefaultConns)
 	} else {
 		sender = sending.NewCaptureSender(db, clk)
 		log.Info("capture mode: no HERALD_SMTP_RELAYS, so messages are kept locally and listed at /api/v1/captured")

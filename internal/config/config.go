@@ -40,6 +40,9 @@ type Config struct {
 	// DomainLimits caps messages per second per recipient domain, domain=rate pairs with * for
 	// every other domain (HERALD_DOMAIN_LIMITS, e.g. gmail.com=50,*=200); empty: no fixed cap.
 	DomainLimits string
+	// DomainConns caps the messages in progress at once per recipient domain, domain=N pairs
+	// with * for each other domain (HERALD_DOMAIN_CONNS, e.g. gmail.com=10,*=20); empty: no cap.
+	DomainConns string
 	// LogLevel is debug, info, warn or error (HERALD_LOG_LEVEL, default info).
 	LogLevel string
 	// LogFormat is text or json (HERALD_LOG_FORMAT, default text).
@@ -61,6 +64,7 @@ func FromEnv() Config {
 		DKIMSelector:  os.Getenv("HERALD_DKIM_SELECTOR"),
 		RetryBackoff:  os.Getenv("HERALD_RETRY_BACKOFF"),
 		DomainLimits:  os.Getenv("HERALD_DOMAIN_LIMITS"),
+		DomainConns:   os.Getenv("HERALD_DOMAIN_CONNS"),
 		LogLevel:      env("HERALD_LOG_LEVEL", "info"),
 		LogFormat:     env("HERALD_LOG_FORMAT", "text"),
 	}

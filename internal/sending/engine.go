@@ -100,6 +100,58 @@ func ParseBackoff(s string) ([]time.Duration, error) {
 // entry at fault.
 func ParseDomainLimits(s string) (email.DomainLimits, error) {
 	var l email.DomainLimits
+	err := parseDomainEntries(s, "messages-per-second, e.g. gmail.com=50", func(dom, v string) error {
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || r <= 0 || math.IsInf(r, 0) || math.IsNaN(r) {
+			return fmt.Errorf("%q is not a positive number of messages per second", v)
+		}
+		if dom == "*" {
+			l.Default = r
+			return nil
+		}
+		if l.Rates == nil {
+			l.Rates = map[string]float64{}
+		}
+		l.Rates[dom] = r
+		return nil
+	})
+	if err != nil {
+		return email.DomainLimits{}, err
+	}
+	return l, nil
+}
+
+// ParseDomainConns reads per-recipient-domain caps on the messages in progress at once,
+// written "domain=N,..." like ParseDomainLimits ("*" for each other domain), e.g.
+// "gmail.com=10,*=20", into l's Conns and DefaultConns. Errors name the entry at fault.
+func ParseDomainConns(s string, l *email.DomainLimits) error {
+	var conns map[string]int
+	def := 0
+	err := parseDomainEntries(s, "messages-in-progress, e.g. gmail.com=10", func(dom, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return fmt.Errorf("%q is not a whole number of messages in progress, 1 or more", v)
+		}
+		if dom == "*" {
+			def = n
+			return nil
+		}
+		if conns == nil {
+			conns = map[string]int{}
+		}
+		conns[dom] = n
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	l.Conns, l.DefaultConns = conns, def
+	return nil
+}
+
+// parseDomainEntries reads "domain=value,..." and hands each entry's lower-case domain (or *)
+// and trimmed value to set, naming the entry in any error; want describes the expected form.
+func parseDomainEntries(s, want string, set func(dom, value string) error) error {
 	seen := map[string]bool{}
 	for n, item := range strings.Split(s, ",") {
 		item = strings.TrimSpace(item)
@@ -107,34 +159,25 @@ func ParseDomainLimits(s string) (email.DomainLimits, error) {
 			continue
 		}
 		where := fmt.Sprintf("entry %d %q", n+1, item)
-		dom, rate, ok := strings.Cut(item, "=")
+		dom, value, ok := strings.Cut(item, "=")
 		if !ok {
-			return email.DomainLimits{}, fmt.Errorf("%s: want domain=messages-per-second, e.g. gmail.com=50", where)
+			return fmt.Errorf("%s: want domain=%s", where, want)
 		}
 		dom = strings.ToLower(strings.TrimSpace(dom))
-		r, err := strconv.ParseFloat(strings.TrimSpace(rate), 64)
-		if err != nil || r <= 0 || math.IsInf(r, 0) || math.IsNaN(r) {
-			return email.DomainLimits{}, fmt.Errorf("%s: %q is not a positive number of messages per second", where, strings.TrimSpace(rate))
-		}
 		if dom != "*" {
 			if err := profile.CheckDomain(dom); err != nil {
-				return email.DomainLimits{}, fmt.Errorf("%s: %q is not a domain name (or * for every other domain): %w", where, dom, err)
+				return fmt.Errorf("%s: %q is not a domain name (or * for every other domain): %w", where, dom, err)
 			}
 		}
 		if seen[dom] {
-			return email.DomainLimits{}, fmt.Errorf("%s: %s is capped twice", where, dom)
+			return fmt.Errorf("%s: %s is capped twice", where, dom)
 		}
 		seen[dom] = true
-		if dom == "*" {
-			l.Default = r
-			continue
+		if err := set(dom, strings.TrimSpace(value)); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
 		}
-		if l.Rates == nil {
-			l.Rates = map[string]float64{}
-		}
-		l.Rates[dom] = r
 	}
-	return l, nil
+	return nil
 }
 
 // Defaults of Config.

@@ -1051,6 +1051,30 @@ func TestParseDomainLimits(t *testing.T) {
 	}
 }
 
+func TestParseDomainConns(t *testing.T) {
+	l := email.DomainLimits{Default: 200}
+	if err := ParseDomainConns(" Gmail.com=10, *=20 ,yahoo.co.uk = 3", &l); err != nil {
+		t.Fatal(err)
+	}
+	if l.Default != 200 || l.DefaultConns != 20 || len(l.Conns) != 2 || l.Conns["gmail.com"] != 10 || l.Conns["yahoo.co.uk"] != 3 {
+		t.Fatalf("got %+v", l)
+	}
+	for _, c := range []struct{ in, want string }{
+		{"gmail.com", `entry 1 "gmail.com": want domain=messages-in-progress`},
+		{"gmail.com=many", `entry 1 "gmail.com=many": "many" is not a whole number of messages in progress, 1 or more`},
+		{"a.com=1,gmail.com=0", `entry 2 "gmail.com=0": "0" is not a whole number`},
+		{"gmail.com=2.5", `"2.5" is not a whole number`},
+		{"localhost=5", `"localhost" is not a domain name`},
+		{"a.com=5,A.com=6", `entry 2 "A.com=6": a.com is capped twice`},
+	} {
+		l := email.DomainLimits{}
+		err := ParseDomainConns(c.in, &l)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: got %v, want an error with %q", c.in, err, c.want)
+		}
+	}
+}
+
 func TestParseBackoff(t *testing.T) {
 	got, err := ParseBackoff("15m, 30m,1h,2h,4h,24h")
 	if err != nil || !slices.Equal(got, DefaultBackoff) {

@@ -1,7 +1,9 @@
 package email
 
 import (
+	"context"
 	"math"
+	"slices"
 	"sync"
 	"time"
 )
@@ -68,6 +70,14 @@ type DomainLimits struct {
 	// before its rate rises by half again; 0 means 30 s. An uncapped domain
 	// whose rate climbs back above 20 × Start is no longer limited.
 	Recover time.Duration
+	// Conns caps named domains at a number of messages in progress at once:
+	// from the envelope's first command to the server's final answer, across
+	// every connection to every relay. It is the most connections a relay
+	// that forwards as it receives would open to the domain.
+	Conns map[string]int
+	// DefaultConns caps every domain not in Conns, each on its own; 0 means
+	// no cap.
+	DefaultConns int
 }
 
 // throttleDebounce keeps a burst of 4xx answers, which pipelined
@@ -84,6 +94,10 @@ type DomainLimiter struct {
 
 	mu      sync.Mutex
 	domains map[string]*domainState
+
+	// slots caps the messages in progress per domain, when Conns or
+	// DefaultConns are set; nil otherwise, and then costs nothing.
+	slots *slots
 }
 
 type domainState struct {
@@ -107,7 +121,11 @@ func NewDomainLimiter(cfg DomainLimits, clock Clock) *DomainLimiter {
 	if clock == nil {
 		clock = systemClock{}
 	}
-	return &DomainLimiter{cfg: cfg, clock: clock, domains: map[string]*domainState{}}
+	l := &DomainLimiter{cfg: cfg, clock: clock, domains: map[string]*domainState{}}
+	if len(cfg.Conns) > 0 || cfg.DefaultConns > 0 {
+		l.slots = &slots{caps: cfg.Conns, def: cfg.DefaultConns, domains: map[string]*slotState{}}
+	}
+	return l
 }
 
 func (l *DomainLimiter) capOf(domain string) float64 {
@@ -211,4 +229,128 @@ func (l *DomainLimiter) Rate(domain string) float64 {
 		return st.b.rate
 	}
 	return 0
+}
+
+// InProgress returns how many messages to domain hold one of its slots, 0
+// when the domain's messages in progress are not capped.
+func (l *DomainLimiter) InProgress(domain string) int {
+	if l.slots == nil {
+		return 0
+	}
+	l.slots.mu.Lock()
+	defer l.slots.mu.Unlock()
+	if st := l.slots.domains[domain]; st != nil {
+		return st.inUse
+	}
+	return 0
+}
+
+// slots is a counting semaphore per capped domain. A domain's state exists
+// only while it has messages in progress or waiting, so the map holds the
+// domains being sent to, not every domain ever seen. A freed slot is handed
+// to the longest waiter, so a steady stream of new messages cannot starve it.
+type slots struct {
+	caps map[string]int
+	def  int
+
+	mu      sync.Mutex
+	domains map[string]*slotState
+}
+
+type slotState struct {
+	inUse   int
+	waiters []chan struct{} // closed when handed a slot
+}
+
+func (s *slots) capOf(domain string) int {
+	if c, ok := s.caps[domain]; ok {
+		return c
+	}
+	return s.def
+}
+
+// tryAcquire takes one of domain's slots if one is free, or when the domain
+// is not capped.
+func (s *slots) tryAcquire(domain string) bool {
+	c := s.capOf(domain)
+	if c <= 0 {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.domains[domain]
+	if st == nil {
+		st = &slotState{}
+		s.domains[domain] = st
+	}
+	if st.inUse < c && len(st.waiters) == 0 {
+		st.inUse++
+		return true
+	}
+	return false
+}
+
+// acquire takes one of domain's slots, waiting at most wait for one to be
+// freed; it reports whether it got one.
+func (s *slots) acquire(ctx context.Context, domain string, wait time.Duration) bool {
+	if s.tryAcquire(domain) {
+		return true
+	}
+	ready := make(chan struct{})
+	s.mu.Lock()
+	st := s.domains[domain]
+	if st == nil || st.inUse < s.capOf(domain) && len(st.waiters) == 0 {
+		// Freed in between: take it as tryAcquire would.
+		if st == nil {
+			st = &slotState{}
+			s.domains[domain] = st
+		}
+		st.inUse++
+		s.mu.Unlock()
+		return true
+	}
+	st.waiters = append(st.waiters, ready)
+	s.mu.Unlock()
+
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-ready:
+		return true
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := slices.Index(st.waiters, ready); i >= 0 {
+		st.waiters = slices.Delete(st.waiters, i, i+1)
+		s.forget(domain, st)
+		return false
+	}
+	return true // handed a slot while giving up: keep it
+}
+
+// release frees one of domain's slots, handing it to the longest waiter.
+func (s *slots) release(domain string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.domains[domain]
+	if st == nil {
+		return // not capped
+	}
+	if len(st.waiters) > 0 {
+		close(st.waiters[0])
+		st.waiters = slices.Delete(st.waiters, 0, 1)
+		return
+	}
+	st.inUse--
+	s.forget(domain, st)
+}
+
+// forget drops a domain's state once nothing holds or waits for a slot;
+// s.mu must be held.
+func (s *slots) forget(domain string, st *slotState) {
+	if st.inUse == 0 && len(st.waiters) == 0 {
+		delete(s.domains, domain)
+	}
 }

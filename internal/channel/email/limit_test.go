@@ -1,6 +1,7 @@
 package email
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -90,5 +91,92 @@ func TestDomainLimiterConfiguredCap(t *testing.T) {
 	clock.Advance(2 * time.Minute)
 	if r := l.Rate("gmail.com"); r != 100 {
 		t.Errorf("rate after recovery = %v, want the cap 100 (never above)", r)
+	}
+}
+
+// TestDomainSlots: messages in progress are capped per domain (named caps, and the default for
+// each other domain on its own), a freed slot goes to the longest waiter before any newcomer,
+// a wait ends at its limit or with its context, and a domain's state is dropped once nothing
+// holds or waits for a slot.
+func TestDomainSlots(t *testing.T) {
+	l := NewDomainLimiter(DomainLimits{Conns: map[string]int{"gmail.com": 2}, DefaultConns: 1}, nil)
+	s := l.slots
+	ctx := context.Background()
+	if !s.tryAcquire("gmail.com") || !s.tryAcquire("gmail.com") || s.tryAcquire("gmail.com") {
+		t.Fatal("gmail.com: want two slots and no third")
+	}
+	if !s.tryAcquire("a.example") || !s.tryAcquire("b.example") || s.tryAcquire("a.example") {
+		t.Fatal("the default cap of 1 applies to each other domain on its own")
+	}
+	if n := l.InProgress("gmail.com"); n != 2 {
+		t.Fatalf("InProgress(gmail.com) = %d, want 2", n)
+	}
+
+	// A waiter gets the slot freed; a newcomer does not jump ahead of it.
+	got := make(chan bool)
+	go func() { got <- s.acquire(ctx, "gmail.com", 10*time.Second) }()
+	waitFor(t, func() bool { return waiters(s, "gmail.com") == 1 })
+	s.release("gmail.com")
+	if s.tryAcquire("gmail.com") {
+		t.Fatal("a newcomer took the slot freed for a waiter")
+	}
+	if !<-got {
+		t.Fatal("the waiter did not get the freed slot")
+	}
+	if n := l.InProgress("gmail.com"); n != 2 {
+		t.Fatalf("InProgress(gmail.com) = %d after the hand-over, want 2", n)
+	}
+
+	// A wait ends at its limit, or when its context is cancelled, without a slot.
+	start := time.Now()
+	if s.acquire(ctx, "gmail.com", 50*time.Millisecond) {
+		t.Fatal("acquire got a slot none freed")
+	}
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Fatalf("acquire gave up after %v, before its 50ms", d)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	go func() { got <- s.acquire(cctx, "gmail.com", time.Hour) }()
+	waitFor(t, func() bool { return waiters(s, "gmail.com") == 1 })
+	cancel()
+	if <-got {
+		t.Fatal("a cancelled wait got a slot")
+	}
+	if n := waiters(s, "gmail.com"); n != 0 {
+		t.Fatalf("%d waiters left after the waits ended", n)
+	}
+
+	for _, d := range []string{"gmail.com", "gmail.com", "a.example", "b.example"} {
+		s.release(d)
+	}
+	s.mu.Lock()
+	left := len(s.domains)
+	s.mu.Unlock()
+	if left != 0 || l.InProgress("gmail.com") != 0 {
+		t.Fatalf("%d domains still tracked after every slot was freed", left)
+	}
+
+	// Without caps there is no semaphore at all.
+	if NewDomainLimiter(DomainLimits{Rates: map[string]float64{"gmail.com": 5}}, nil).slots != nil {
+		t.Fatal("a limiter without Conns caps keeps slots")
+	}
+}
+
+func waiters(s *slots, domain string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.domains[domain]; st != nil {
+		return len(st.waiters)
+	}
+	return 0
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -159,6 +159,9 @@ func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []chan
 		return fmt.Errorf("email: Send got %d messages but room for %d outcomes", len(msgs), len(out))
 	}
 	b := &batch{msgs: msgs, out: out, max: t.opts.MaxAttempts}
+	if t.domains.slots != nil {
+		b.held = make([]bool, len(msgs))
+	}
 	if t.closed.Load() {
 		b.finishRest(channel.Outcome{Status: channel.Deferred, Text: "not attempted: transport closed"})
 		return channel.ErrClosed
@@ -181,6 +184,13 @@ func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []chan
 			}
 		}
 		wg.Wait()
+		// Every path that ends a message frees its domain slot; this is
+		// the backstop that keeps a slot from being lost for good.
+		for i, h := range b.held {
+			if h {
+				t.done(b, i)
+			}
+		}
 	}
 	return nil
 }
@@ -336,10 +346,17 @@ func (t *Transport) discard(p *pool, c *conn, polite bool) {
 
 // next takes the next message to send on c, skipping (with their outcomes
 // written) messages that are invalid or would wait too long for a limit.
-// It returns -1 when there is nothing to send.
-func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch) int {
+// It returns -1 when there is nothing to send. busy says that c has a
+// message of its own in progress, whose answer it has yet to read.
+//
+// A message whose domain has no free slot (DomainLimits.Conns) is parked
+// and the next one taken, so that one busy domain does not hold up the
+// others; parked messages are taken last. Only a connection with nothing in
+// progress waits for a slot: one that waited while holding a slot itself
+// could wait on the others doing the same.
+func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy bool) int {
 	for ctx.Err() == nil {
-		i, ok := b.take()
+		i, parked, ok := b.take()
 		if !ok {
 			return -1
 		}
@@ -349,6 +366,28 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch) int {
 			continue
 		}
 		dom := domainOf(m.To)
+		if b.held != nil {
+			if !t.domains.slots.tryAcquire(dom) {
+				if !parked || busy {
+					b.park(i)
+					if parked {
+						return -1 // read this connection's answers first, which frees slots
+					}
+					continue
+				}
+				c.flush() // a write error resurfaces at the next flush
+				if !t.domains.slots.acquire(ctx, dom, t.opts.MaxWait) {
+					if ctx.Err() != nil {
+						b.park(i)
+						return -1
+					}
+					b.out[i] = channel.Outcome{Status: channel.Deferred, Text: fmt.Sprintf("not attempted: no free slot for %s (at most %d in progress at once) within %v",
+						dom, t.domains.slots.capOf(dom), t.opts.MaxWait)}
+					continue
+				}
+			}
+			b.held[i] = true
+		}
 		wait := t.domains.Reserve(dom)
 		p.mu.Lock()
 		wait = max(wait, p.rate.reserve(t.clock.Now()))
@@ -357,7 +396,7 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch) int {
 			return i
 		}
 		if wait > t.opts.MaxWait {
-			t.unreserve(p, dom)
+			t.unreserve(p, b, i, dom)
 			b.out[i] = channel.Outcome{Status: channel.Deferred, Text: fmt.Sprintf("not attempted: rate limit for %s would wait %v", dom, wait.Round(time.Millisecond))}
 			continue
 		}
@@ -368,7 +407,7 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch) int {
 			return i
 		case <-ctx.Done():
 			timer.Stop()
-			t.unreserve(p, dom)
+			t.unreserve(p, b, i, dom)
 			b.giveBack(i)
 			return -1
 		}
@@ -376,11 +415,23 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch) int {
 	return -1
 }
 
-func (t *Transport) unreserve(p *pool, dom string) {
+// unreserve gives back what next booked for message i and did not use.
+func (t *Transport) unreserve(p *pool, b *batch, i int, dom string) {
 	t.domains.Cancel(dom)
 	p.mu.Lock()
 	p.rate.cancel()
 	p.mu.Unlock()
+	t.done(b, i)
+}
+
+// done frees the domain slot message i holds, if it holds one: its
+// transaction is over, answered or not. It is called before the message is
+// given back to the batch, where another connection may take it.
+func (t *Transport) done(b *batch, i int) {
+	if b.held != nil && b.held[i] {
+		b.held[i] = false
+		t.domains.slots.release(domainOf(b.msgs[i].To))
+	}
 }
 
 // feedback tells the domain limiter about a reply to a recipient.
@@ -427,6 +478,12 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		replies int      // replies read on this run, to tell stale connections
 	)
 	fail := func(err error, env int) error {
+		if body >= 0 {
+			t.done(b, body)
+		}
+		if env >= 0 {
+			t.done(b, env)
+		}
 		if body >= 0 && !lone {
 			if c.flushed >= bodyEnd {
 				b.out[body] = unknown(err)
@@ -442,7 +499,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 	for {
 		i := -1
 		if p.relay.MaxPerConn == 0 || c.sent < p.relay.MaxPerConn {
-			i = t.next(ctx, p, c, b)
+			i = t.next(ctx, p, c, b, body >= 0)
 		}
 		if i >= 0 {
 			if rset {
@@ -460,6 +517,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 				return fail(err, i)
 			}
 			replies++
+			t.done(b, body)
 			if !lone {
 				b.out[body] = outcome(code, c.text)
 				t.feedback(b.msgs[body].To, code)
@@ -508,6 +566,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		if stage == 1 {
 			t.feedback(b.msgs[i].To, failure.Code)
 		}
+		t.done(b, i)
 		if c.broken {
 			// 421 before the data: the server is closing this connection;
 			// the message was not handed over, so another connection may
@@ -535,13 +594,14 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 		if p.relay.MaxPerConn > 0 && c.sent >= p.relay.MaxPerConn {
 			return nil
 		}
-		i := t.next(ctx, p, c, b)
+		i := t.next(ctx, p, c, b, false)
 		if i < 0 {
 			return nil
 		}
 		m := &b.msgs[i]
 		c.sent++
 		failEnv := func(err error) error {
+			t.done(b, i)
 			b.requeue(i, softFail(err), reused && replies == 0)
 			return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
 		}
@@ -572,6 +632,7 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			break
 		}
 		if failure != nil {
+			t.done(b, i)
 			if c.broken {
 				b.requeue(i, *failure, false)
 				return nil
@@ -588,6 +649,7 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 		if err == nil {
 			code, err = c.readReply()
 		}
+		t.done(b, i)
 		if err != nil {
 			if c.flushed >= end {
 				b.out[i] = unknown(err)
@@ -620,25 +682,45 @@ type batch struct {
 	out  []channel.Outcome
 	max  int
 
-	mu    sync.Mutex
-	next  int
-	retry []int
-	tries map[int]int
+	// held[i] says that message i holds a slot of its domain; nil when no
+	// domain's messages in progress are capped. Only the connection that
+	// took message i touches held[i] until it gives the message back.
+	held []bool
+
+	mu     sync.Mutex
+	next   int
+	retry  []int
+	parked []int // waiting for a slot of their domain, taken last
+	tries  map[int]int
 }
 
-func (b *batch) take() (int, bool) {
+// take returns the next message to send: one given back first, then the
+// next untried one, then a parked one (parked says so).
+func (b *batch) take() (i int, parked, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if n := len(b.retry); n > 0 {
 		i := b.retry[n-1]
 		b.retry = b.retry[:n-1]
-		return i, true
+		return i, false, true
 	}
 	if b.next < len(b.msgs) {
 		b.next++
-		return b.next - 1, true
+		return b.next - 1, false, true
 	}
-	return 0, false
+	if len(b.parked) > 0 {
+		i := b.parked[0]
+		b.parked = b.parked[1:]
+		return i, true, true
+	}
+	return 0, false, false
+}
+
+// park sets aside a taken message whose domain has no free slot.
+func (b *batch) park(i int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.parked = append(b.parked, i)
 }
 
 // giveBack returns a taken message that was not tried.
@@ -671,7 +753,7 @@ func (b *batch) empty() bool { return b.remaining() == 0 }
 func (b *batch) remaining() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return len(b.retry) + len(b.msgs) - b.next
+	return len(b.retry) + len(b.parked) + len(b.msgs) - b.next
 }
 
 // finishRest settles every message not yet taken with o; no worker may run.
@@ -679,8 +761,11 @@ func (b *batch) finishRest(o channel.Outcome) {
 	for _, i := range b.retry {
 		b.out[i] = o
 	}
+	for _, i := range b.parked {
+		b.out[i] = o
+	}
 	for i := b.next; i < len(b.msgs); i++ {
 		b.out[i] = o
 	}
-	b.retry, b.next = nil, len(b.msgs)
+	b.retry, b.parked, b.next = nil, nil, len(b.msgs)
 }

@@ -588,3 +588,119 @@ func TestTLSAndAuth(t *testing.T) {
 		})
 	}
 }
+
+// TestDomainConns: with a cap on the messages in progress to a domain, the server never has
+// more transactions to it at once than the cap, the other domains keep the connections busy
+// meanwhile, every message goes out, and no slot is left held.
+func TestDomainConns(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			var msgs []channel.Message
+			for i := range 24 {
+				for _, dom := range []string{"capped.example", "free.example"} {
+					to := fmt.Sprintf("user%d@%s", i, dom)
+					s.Script(to, smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Delay: 20 * time.Millisecond}))
+					msgs = append(msgs, channel.Message{To: to, From: "bounces@herald.test", Data: fmt.Appendf(nil, testBody, to, i)})
+				}
+			}
+			tr := newTestTransport(t, Options{MaxWait: 10 * time.Second, Domains: DomainLimits{Conns: map[string]int{"capped.example": 2}}},
+				plainRelay(s, 8))
+			out := send(t, tr, msgs)
+			for i := range out {
+				wantStatus(t, out, i, channel.Sent)
+			}
+			checkReceived(t, s, msgs, out)
+			if n := s.MaxInProgress("capped.example"); n != 2 {
+				t.Errorf("capped.example: at most %d transactions at once, want the cap of 2", n)
+			}
+			if n := s.MaxInProgress("free.example"); n <= 2 {
+				t.Errorf("free.example: at most %d transactions at once; it should have had the other connections", n)
+			}
+			if n := tr.Domains().InProgress("capped.example"); n != 0 {
+				t.Errorf("%d slots of capped.example still held after Send", n)
+			}
+		})
+	}
+}
+
+// TestDomainConnsOneAtATime: a cap of 1 shared by pipelined connections that all want the same
+// domain: a connection that holds the slot reads its own answer before it waits, so none waits
+// on another that waits on it, and every message goes out one at a time.
+func TestDomainConnsOneAtATime(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	tr := newTestTransport(t, Options{MaxWait: 10 * time.Second, Domains: DomainLimits{DefaultConns: 1}}, plainRelay(s, 4))
+	msgs := testMessages(40, rcptN)
+	start := time.Now()
+	out := send(t, tr, msgs)
+	for i := range out {
+		wantStatus(t, out, i, channel.Sent)
+	}
+	if n := s.MaxInProgress("example.com"); n != 1 {
+		t.Errorf("at most %d transactions at once, want 1", n)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("40 messages took %v: connections waited on each other", d)
+	}
+}
+
+// TestDomainConnsEveryEndFreesTheSlot: on one connection and a cap of 1, each way a message can
+// end (refused at RCPT or after the data, deferred by a 4xx, dropped before the answer, or the
+// server closing with 421) frees the domain's slot for the next message, which would otherwise
+// wait and be deferred.
+func TestDomainConnsEveryEndFreesTheSlot(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			ends := []struct {
+				act  smtptest.Action
+				want channel.Status
+			}{
+				{smtptest.Action{Code: 550, Enhanced: "5.1.1"}, channel.HardFail},
+				{smtptest.Action{Stage: smtptest.AtData, Code: 554, Enhanced: "5.7.1"}, channel.HardFail},
+				{smtptest.Action{Code: 451, Enhanced: "4.7.1"}, channel.SoftFail},
+				{smtptest.Action{Stage: smtptest.AtData, Drop: smtptest.DropBeforeReply}, channel.Unknown},
+				{smtptest.Action{Stage: smtptest.AtData, Drop: smtptest.DropAfterReply}, channel.Sent},
+			}
+			var msgs []channel.Message
+			want := map[int]channel.Status{}
+			for k, e := range ends {
+				bad := fmt.Sprintf("bad%d@example.com", k)
+				s.Script(bad, smtptest.Always(e.act))
+				want[len(msgs)] = e.want
+				msgs = append(msgs, channel.Message{To: bad, From: "bounces@herald.test", Data: []byte("x\r\n")})
+				want[len(msgs)] = channel.Sent
+				msgs = append(msgs, channel.Message{To: fmt.Sprintf("good%d@example.com", k), From: "bounces@herald.test", Data: []byte("x\r\n")})
+			}
+			tr := newTestTransport(t, Options{MaxWait: 200 * time.Millisecond, Domains: DomainLimits{Conns: map[string]int{"example.com": 1}}},
+				plainRelay(s, 1))
+			out := send(t, tr, msgs)
+			for i, st := range want {
+				wantStatus(t, out, i, st)
+			}
+			if n := tr.Domains().InProgress("example.com"); n != 0 {
+				t.Errorf("%d slots still held after Send", n)
+			}
+		})
+	}
+}
+
+// TestDomainConnsWaitTooLong: a message whose domain has no free slot for longer than MaxWait is
+// Deferred (not attempted, no try counted), saying why.
+func TestDomainConnsWaitTooLong(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	s.Script("user0@example.com", smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Delay: time.Second}))
+	tr := newTestTransport(t, Options{MaxWait: 100 * time.Millisecond, Domains: DomainLimits{Conns: map[string]int{"example.com": 1}}},
+		plainRelay(s, 3))
+	out := send(t, tr, testMessages(3, rcptN))
+	wantStatus(t, out, 0, channel.Sent)
+	for _, i := range []int{1, 2} {
+		wantStatus(t, out, i, channel.Deferred)
+		if !strings.Contains(out[i].Text, "no free slot for example.com (at most 1 in progress at once) within 100ms") {
+			t.Errorf("out[%d].Text = %q", i, out[i].Text)
+		}
+	}
+	if s.Attempts("user1@example.com")+s.Attempts("user2@example.com") != 0 {
+		t.Error("a deferred message reached the server")
+	}
+}

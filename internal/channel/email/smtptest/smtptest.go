@@ -21,6 +21,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -149,6 +150,9 @@ type Server struct {
 	msgs     []Message
 	scripts  map[string]Script
 	attempts map[string]int
+	// active and maxActive count, per recipient domain, the transactions
+	// with an accepted recipient there that have not had their final reply.
+	active, maxActive map[string]int
 }
 
 // Start starts a server on 127.0.0.1 with a random port and stops it when
@@ -173,11 +177,13 @@ func Listen(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("smtptest: listen: %w", err)
 	}
 	s := &Server{
-		opts:     opts,
-		ln:       ln,
-		done:     make(chan struct{}),
-		scripts:  map[string]Script{},
-		attempts: map[string]int{},
+		opts:      opts,
+		ln:        ln,
+		done:      make(chan struct{}),
+		scripts:   map[string]Script{},
+		attempts:  map[string]int{},
+		active:    map[string]int{},
+		maxActive: map[string]int{},
 	}
 	if opts.Sink {
 		s.sink = &sink{s: s, conns: map[net.Conn]struct{}{}}
@@ -245,6 +251,36 @@ func (s *Server) Attempts(rcpt string) int {
 	return s.attempts[rcpt]
 }
 
+// MaxInProgress returns the most transactions that had a recipient at domain
+// accepted and were not yet answered, at any one time, across connections.
+// A transaction is in progress from its accepted RCPT to its final reply
+// (counted as ended just before the reply is written) or its reset.
+func (s *Server) MaxInProgress(domain string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxActive[domain]
+}
+
+// enter counts se's transaction in progress to domain.
+func (s *Server) enter(se *session, domain string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	se.domains = append(se.domains, domain)
+	s.active[domain]++
+	s.maxActive[domain] = max(s.maxActive[domain], s.active[domain])
+}
+
+// leave ends se's transaction's count in progress. go-smtp may log a session out (on Close)
+// while its connection's goroutine is in Data, hence the lock around se.domains too.
+func (s *Server) leave(se *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range se.domains {
+		s.active[d]--
+	}
+	se.domains = se.domains[:0]
+}
+
 // Messages returns a copy of the accepted messages, in acceptance order.
 func (s *Server) Messages() []Message {
 	s.mu.Lock()
@@ -274,7 +310,8 @@ type session struct {
 	inMail  bool // a transaction is open: MAIL accepted, not yet ended or reset
 	to      []string
 	actions []Action
-	drop    bool // close the connection once the final reply is written
+	drop    bool     // close the connection once the final reply is written
+	domains []string // recipient domains counted in progress; Server.mu guards it
 }
 
 var (
@@ -340,10 +377,12 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	se.to = append(se.to, to)
 	se.actions = append(se.actions, a)
+	se.s.enter(se, strings.ToLower(to[strings.LastIndexByte(to, '@')+1:]))
 	return nil
 }
 
 func (se *session) Data(r io.Reader) error {
+	defer se.s.leave(se) // before the final reply is written
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(r); err != nil {
 		return err
@@ -378,6 +417,7 @@ func (se *session) Data(r io.Reader) error {
 // Reset runs after every transaction, once its final reply is written, which
 // is where a DropAfterReply takes effect.
 func (se *session) Reset() {
+	se.s.leave(se)
 	se.from, se.to, se.actions, se.inMail = "", nil, nil, false
 	if se.drop {
 		se.drop = false
@@ -385,7 +425,10 @@ func (se *session) Reset() {
 	}
 }
 
-func (se *session) Logout() error { return nil }
+func (se *session) Logout() error {
+	se.s.leave(se)
+	return nil
+}
 
 func smtpError(a Action) *smtp.SMTPError {
 	e := &smtp.SMTPError{Code: a.Code, EnhancedCode: smtp.NoEnhancedCode, Message: a.Text}
