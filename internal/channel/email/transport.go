@@ -530,6 +530,9 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		}
 		if rset {
 			code, err := c.readReply()
+			if err == nil {
+				err = closedWhileIdle(c, reused, replies, code)
+			}
 			if err != nil {
 				return fail(err, i)
 			}
@@ -547,6 +550,9 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		)
 		for k := range 3 {
 			code, err := c.readReply()
+			if err == nil {
+				err = closedWhileIdle(c, reused, replies, code)
+			}
 			if err != nil {
 				return fail(err, i)
 			}
@@ -617,6 +623,9 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 				return failEnv(err)
 			}
 			code, err := c.readReply()
+			if err == nil {
+				err = closedWhileIdle(c, reused, replies, code)
+			}
 			if err != nil {
 				return failEnv(err)
 			}
@@ -665,6 +674,17 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			return nil
 		}
 	}
+}
+
+// closedWhileIdle tells a pooled connection that the server closed while it sat idle: its
+// first reply is a 421, as Postfix answers when its smtpd_timeout ends a connection ("421
+// 4.4.2 Idle timeout"). The message was not looked at, so it goes to another connection
+// without counting a try, as when the connection turns out closed before any reply.
+func closedWhileIdle(c *conn, reused bool, replies, code int) error {
+	if reused && replies == 0 && code == 421 {
+		return fmt.Errorf("connection closed by the server while idle: 421 %s", c.text)
+	}
+	return nil
 }
 
 func softFail(err error) channel.Outcome {

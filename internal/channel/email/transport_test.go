@@ -329,6 +329,41 @@ func TestRefusedLastMessage(t *testing.T) {
 	}
 }
 
+// TestServerClosesIdleConnections: a relay that closes connections idle for a while (Postfix's
+// smtpd_timeout, with "421 4.4.2 Idle timeout") leaves stale connections in the pool; the next
+// batch finds out, sends each message once on a fresh connection, counts no try against it and
+// does not take the 421 as a domain asking to slow down.
+func TestServerClosesIdleConnections(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining, IdleTimeout: 100 * time.Millisecond})
+			tr := newTestTransport(t, Options{MaxAttempts: 1}, plainRelay(s, 2))
+			out := send(t, tr, testMessages(4, rcptN))
+			for i := range out {
+				wantStatus(t, out, i, channel.Sent)
+			}
+			time.Sleep(300 * time.Millisecond) // the server closes both connections
+			msgs := testMessages(4, func(i int) string { return rcptN(i + 10) })
+			out = send(t, tr, msgs)
+			for i := range out {
+				wantStatus(t, out, i, channel.Sent)
+			}
+			checkReceived(t, s, msgs, out)
+			for _, m := range msgs {
+				if n := s.Attempts(m.To); n != 1 {
+					t.Errorf("%s: %d attempts, want 1", m.To, n)
+				}
+			}
+			if s.Connections() != 4 {
+				t.Errorf("%d connections, want 2 for each batch", s.Connections())
+			}
+			if r := tr.Domains().Rate("example.com"); r != 0 {
+				t.Errorf("example.com limited to %v msgs/s after an idle timeout", r)
+			}
+		})
+	}
+}
+
 func TestDroppedConnection(t *testing.T) {
 	drop := func(d smtptest.Drop) smtptest.Script {
 		return func(attempt int) smtptest.Action {

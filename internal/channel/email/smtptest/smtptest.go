@@ -127,6 +127,10 @@ type Options struct {
 	// NoPipelining hides PIPELINING from the EHLO answer, for testing the
 	// client's lock-step mode. It works on connections without TLS only.
 	NoPipelining bool
+	// IdleTimeout, when set, makes the server close a connection that sent
+	// nothing for that long, with "421 4.4.2 Idle timeout" as Postfix's
+	// smtpd_timeout does: a client's pooled connection goes stale.
+	IdleTimeout time.Duration
 	// Sink runs a minimal, fast server for benchmarks instead of go-smtp's:
 	// it accepts and discards every message, only counting them, and
 	// ignores every other option.
@@ -196,6 +200,7 @@ func Listen(opts Options) (*Server, error) {
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = "smtptest.invalid"
 	srv.AllowInsecureAuth = opts.InsecureAuth
+	srv.ReadTimeout = opts.IdleTimeout
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	if opts.Logf != nil {
 		srv.ErrorLog = log.New(logfWriter(opts.Logf), "smtptest: ", 0)
