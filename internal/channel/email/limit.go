@@ -36,15 +36,27 @@ func (b *bucket) reserve(now time.Time) time.Duration {
 	if b.rate <= 0 {
 		return 0
 	}
-	if now.After(b.last) {
-		b.tokens = math.Min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-		b.last = now
-	}
+	b.refill(now)
 	b.tokens--
 	if b.tokens >= 0 {
 		return 0
 	}
 	return time.Duration(-b.tokens / b.rate * float64(time.Second))
+}
+
+func (b *bucket) refill(now time.Time) {
+	if now.After(b.last) {
+		b.tokens = math.Min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+		b.last = now
+	}
+}
+
+// setRate changes the rate from now on, after crediting the time passed at the old one.
+func (b *bucket) setRate(rate float64, now time.Time) {
+	b.refill(now)
+	b.rate = rate
+	b.burst = math.Max(1, rate/10)
+	b.tokens = math.Min(b.tokens, b.burst)
 }
 
 // cancel gives back a token reserved but not used.
@@ -94,6 +106,7 @@ type DomainLimiter struct {
 
 	mu      sync.Mutex
 	domains map[string]*domainState
+	share   float64 // this node's part of the configured rates (SetShare)
 
 	// slots caps the messages in progress per domain, when Conns or
 	// DefaultConns are set; nil otherwise, and then costs nothing.
@@ -121,18 +134,41 @@ func NewDomainLimiter(cfg DomainLimits, clock Clock) *DomainLimiter {
 	if clock == nil {
 		clock = systemClock{}
 	}
-	l := &DomainLimiter{cfg: cfg, clock: clock, domains: map[string]*domainState{}}
+	l := &DomainLimiter{cfg: cfg, clock: clock, domains: map[string]*domainState{}, share: 1}
 	if len(cfg.Conns) > 0 || cfg.DefaultConns > 0 {
-		l.slots = &slots{caps: cfg.Conns, def: cfg.DefaultConns, domains: map[string]*slotState{}}
+		l.slots = &slots{caps: cfg.Conns, def: cfg.DefaultConns, share: 1, domains: map[string]*slotState{}}
 	}
 	return l
 }
 
+// capOf returns this node's share of domain's configured rate; l.mu must be held.
 func (l *DomainLimiter) capOf(domain string) float64 {
 	if r, ok := l.cfg.Rates[domain]; ok {
-		return r
+		return r * l.share
 	}
-	return l.cfg.Default
+	return l.cfg.Default * l.share
+}
+
+// SetShare sets this node's part of every rate and every cap on messages in progress, in
+// (0, 1], for an installation of several nodes (channel.Shared). A domain's current rate,
+// throttled or not, moves in proportion; a cap on messages in progress is rounded up, and is
+// at least 1.
+func (l *DomainLimiter) SetShare(share float64) {
+	if !(share > 0 && share <= 1) {
+		share = 1
+	}
+	l.mu.Lock()
+	now := l.clock.Now()
+	old := l.share
+	l.share = share
+	for dom, st := range l.domains {
+		st.cap = l.capOf(dom)
+		st.b.setRate(st.b.rate*share/old, now)
+	}
+	l.mu.Unlock()
+	if l.slots != nil {
+		l.slots.setShare(share)
+	}
 }
 
 // state returns the domain's state, creating it only when the domain is
@@ -166,7 +202,7 @@ func (l *DomainLimiter) recover(st *domainState, now time.Time) (lifted bool) {
 	switch {
 	case st.cap > 0 && rate >= st.cap:
 		st.b.rate, st.throttled = st.cap, false
-	case st.cap <= 0 && rate >= 20*l.cfg.Start:
+	case st.cap <= 0 && rate >= 20*l.cfg.Start*l.share:
 		return true
 	default:
 		st.b.rate = rate
@@ -206,7 +242,7 @@ func (l *DomainLimiter) Throttle(domain string) {
 	now := l.clock.Now()
 	st := l.state(domain, now)
 	if st == nil {
-		st = &domainState{b: newBucket(l.cfg.Start, now), changed: now, throttled: true}
+		st = &domainState{b: newBucket(l.cfg.Start*l.share, now), changed: now, throttled: true}
 		l.domains[domain] = st
 		return
 	}
@@ -215,9 +251,7 @@ func (l *DomainLimiter) Throttle(domain string) {
 	}
 	st.throttled = true
 	st.changed = now
-	st.b.rate = math.Max(l.cfg.Min, st.b.rate/2)
-	st.b.burst = math.Max(1, st.b.rate/10)
-	st.b.tokens = math.Min(st.b.tokens, st.b.burst)
+	st.b.setRate(math.Max(l.cfg.Min, st.b.rate/2), now)
 }
 
 // Rate returns the domain's current limit in messages per second, 0 when
@@ -254,6 +288,7 @@ type slots struct {
 	def  int
 
 	mu      sync.Mutex
+	share   float64
 	domains map[string]*slotState
 }
 
@@ -262,22 +297,47 @@ type slotState struct {
 	waiters []chan struct{} // closed when handed a slot
 }
 
+// capOf returns this node's share of domain's cap, 0 when it has none; s.mu must be held.
 func (s *slots) capOf(domain string) int {
-	if c, ok := s.caps[domain]; ok {
-		return c
+	c, ok := s.caps[domain]
+	if !ok {
+		c = s.def
 	}
-	return s.def
+	if c <= 0 {
+		return 0
+	}
+	return max(1, int(math.Ceil(float64(c)*s.share-1e-9)))
+}
+
+// limit returns this node's share of domain's cap, 0 when it has none.
+func (s *slots) limit(domain string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.capOf(domain)
+}
+
+// setShare sets this node's part of every cap, handing slots a larger cap frees to waiters.
+func (s *slots) setShare(share float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.share = share
+	for dom, st := range s.domains {
+		for c := s.capOf(dom); st.inUse < c && len(st.waiters) > 0; st.inUse++ {
+			close(st.waiters[0])
+			st.waiters = slices.Delete(st.waiters, 0, 1)
+		}
+	}
 }
 
 // tryAcquire takes one of domain's slots if one is free, or when the domain
 // is not capped.
 func (s *slots) tryAcquire(domain string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	c := s.capOf(domain)
 	if c <= 0 {
 		return true
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	st := s.domains[domain]
 	if st == nil {
 		st = &slotState{}

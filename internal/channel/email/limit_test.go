@@ -180,3 +180,60 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestSetShare: a node's share of the installation's limits scales the domains' rates (capped,
+// and the rate an uncapped domain falls to when throttled, keeping a throttled domain's
+// reduction), rounds caps on messages in progress up to at least 1, hands the slots a larger
+// share frees to waiters, and scales each relay's rate.
+func TestSetShare(t *testing.T) {
+	clock := newFakeClock()
+	l := NewDomainLimiter(DomainLimits{Rates: map[string]float64{"gmail.com": 40, "yahoo.com": 10}, Start: 50,
+		Conns: map[string]int{"gmail.com": 5, "tiny.example": 1}}, clock)
+	l.Throttle("throttled.example") // uncapped: falls to Start, 50
+	l.Throttle("gmail.com")         // capped: halved to 20
+	l.SetShare(0.5)
+	for dom, want := range map[string]float64{"gmail.com": 10, "yahoo.com": 5, "throttled.example": 25} {
+		if r := l.Rate(dom); r != want {
+			t.Errorf("Rate(%s) at half share = %v, want %v", dom, r, want)
+		}
+	}
+	l.Throttle("new.example")
+	if r := l.Rate("new.example"); r != 25 {
+		t.Errorf("an uncapped domain throttled at half share falls to %v, want 25 (half of Start)", r)
+	}
+	s := l.slots
+	if s.limit("gmail.com") != 3 || s.limit("tiny.example") != 1 || s.limit("other.example") != 0 {
+		t.Fatalf("caps at half share: gmail.com %d (want 3), tiny.example %d (want 1), other.example %d (want none)",
+			s.limit("gmail.com"), s.limit("tiny.example"), s.limit("other.example"))
+	}
+	for range 3 {
+		if !s.tryAcquire("gmail.com") {
+			t.Fatal("gmail.com: fewer than 3 slots at half share")
+		}
+	}
+	got := make(chan bool)
+	go func() { got <- s.acquire(context.Background(), "gmail.com", 10*time.Second) }()
+	waitFor(t, func() bool { return waiters(s, "gmail.com") == 1 })
+	l.SetShare(1)
+	if !<-got {
+		t.Fatal("the waiter did not get a slot of the larger share")
+	}
+	if r := l.Rate("gmail.com"); r != 20 {
+		t.Errorf("Rate(gmail.com) back at the whole share = %v, want 20 (still throttled from 40)", r)
+	}
+
+	tr, err := New(Options{Relays: []Relay{{Addr: "127.0.0.1:1", Rate: 100}, {Addr: "127.0.0.1:2"}}, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.SetShare(0.25)
+	if r := tr.pools[0].rate.rate; r != 25 {
+		t.Errorf("relay rate at a quarter share = %v, want 25", r)
+	}
+	if r := tr.pools[1].rate.rate; r != 0 {
+		t.Errorf("an uncapped relay got a rate of %v", r)
+	}
+	if r := tr.Domains().Rate("example.com"); r != 0 {
+		t.Errorf("an uncapped domain got a rate of %v", r)
+	}
+}

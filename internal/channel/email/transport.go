@@ -66,7 +66,10 @@ type Transport struct {
 	closed  atomic.Bool
 }
 
-var _ channel.Sender = (*Transport)(nil)
+var (
+	_ channel.Sender = (*Transport)(nil)
+	_ channel.Shared = (*Transport)(nil)
+)
 
 // pool holds the connections to one relay.
 type pool struct {
@@ -137,6 +140,25 @@ func New(opts Options) (*Transport, error) {
 		})
 	}
 	return t, nil
+}
+
+// SetShare sets this node's part, in (0, 1], of every relay's rate and of the recipient
+// domains' rates and caps on messages in progress, when several nodes send for one
+// installation (channel.Shared). Connections per relay stay the node's own: each node opens
+// its own.
+func (t *Transport) SetShare(share float64) {
+	if !(share > 0 && share <= 1) {
+		share = 1
+	}
+	now := t.clock.Now()
+	for _, p := range t.pools {
+		p.mu.Lock()
+		if p.relay.Rate > 0 {
+			p.rate.setRate(p.relay.Rate*share, now)
+		}
+		p.mu.Unlock()
+	}
+	t.domains.SetShare(share)
 }
 
 // Domains returns the per-recipient-domain limiter, for inspection.
@@ -382,7 +404,7 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy b
 						return -1
 					}
 					b.out[i] = channel.Outcome{Status: channel.Deferred, Text: fmt.Sprintf("not attempted: no free slot for %s (at most %d in progress at once) within %v",
-						dom, t.domains.slots.capOf(dom), t.opts.MaxWait)}
+						dom, t.domains.slots.limit(dom), t.opts.MaxWait)}
 					continue
 				}
 			}
