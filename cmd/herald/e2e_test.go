@@ -241,7 +241,7 @@ func countTo(s *smtptest.Server, domain string) int {
 // TestTwoServersShareADeliveryOnPostgres: two `herald serve` processes on one PostgreSQL
 // database, as two nodes (each its own default node id, from its listen address), send one
 // delivery confirmed on one of them: both nodes claim rows, every recipient receives exactly one
-// message, and the delivery finishes.
+// message, the delivery finishes, and both are counted among the live nodes until they stop.
 func TestTwoServersShareADeliveryOnPostgres(t *testing.T) {
 	const n = 20_000 // a few seconds of sending: the second node finds the delivery within its 1 s poll
 	dsn := storetest.DSN(t, store.Postgres)
@@ -282,7 +282,21 @@ func TestTwoServersShareADeliveryOnPostgres(t *testing.T) {
 		code, d := getJSON(t, api+"/deliveries/"+id, tokens["maker"])
 		return code == 200 && d["state"] == "finished"
 	})
+	// Both nodes count each other (each sends with half of the installation's limits), and a
+	// node that stops leaves the count at once.
+	nodes := func() (n int) {
+		if err := db.Read.QueryRow(`SELECT count(*) FROM nodes`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := nodes(); n != 2 {
+		t.Fatalf("%d nodes registered, want 2", n)
+	}
 	a.stop(t)
+	if n := nodes(); n != 1 {
+		t.Fatalf("%d nodes registered after one stopped, want 1", n)
+	}
 	b.stop(t)
 	if len(owners) != 2 {
 		t.Fatalf("nodes seen claiming rows: %v; want both", owners)

@@ -223,8 +223,11 @@ type Config struct {
 	WatchInterval time.Duration
 	// Backoff is the retry schedule of soft failures; nil means DefaultBackoff.
 	Backoff []time.Duration
-	Clock   clock.Clock
-	Logger  *slog.Logger
+	// Heartbeat is how often this node records that it is alive and counts the live nodes,
+	// whose number divides the Sender's limits (nodes.go); 0 means DefaultHeartbeat.
+	Heartbeat time.Duration
+	Clock     clock.Clock
+	Logger    *slog.Logger
 }
 
 // Engine is the sending engine. Start it once; Stop waits for the batches in hand to be
@@ -249,6 +252,10 @@ type Engine struct {
 
 	flightMu sync.Mutex
 	inflight map[int64]map[*flight]struct{} // delivery id → batches being sent
+
+	started   time.Time // when New made the engine, for the nodes table
+	nodesMu   sync.Mutex
+	liveNodes int // at the last heartbeat
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -290,6 +297,9 @@ func New(cfg Config) (*Engine, error) {
 	if len(cfg.Backoff) == 0 {
 		cfg.Backoff = DefaultBackoff
 	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
 	}
@@ -319,6 +329,7 @@ func New(cfg Config) (*Engine, error) {
 		inflight: map[int64]map[*flight]struct{}{},
 		cursors:  map[int64]int64{},
 		kick:     make(chan struct{}, 1),
+		started:  cfg.Clock.Now(),
 	}, nil
 }
 
@@ -333,8 +344,13 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err := e.reclaimOwn(ctx); err != nil {
 		return err
 	}
+	// Take this node's share of the limits before the first message.
+	if err := e.heartbeat(ctx); err != nil {
+		return err
+	}
 	e.start.Do(func() {
 		ctx, e.cancel = context.WithCancel(ctx)
+		e.wg.Go(func() { e.beat(ctx) })
 		for i := range e.cfg.Workers {
 			e.wg.Go(func() { e.work(ctx, i) })
 		}

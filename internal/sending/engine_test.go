@@ -1248,3 +1248,66 @@ func TestTwoNodesShareADelivery(t *testing.T) {
 		f.wantSentOnceEach(t, srv)
 	})
 }
+
+// shareSender is a Sender that only records the share of the limits it was given.
+type shareSender struct {
+	channel.Sender
+	mu    sync.Mutex
+	share float64
+}
+
+func (s *shareSender) SetShare(share float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.share = share
+}
+
+func (s *shareSender) get() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.share
+}
+
+// TestNodesShareTheLimits: nodes on one database count each other through their heartbeats
+// and give their Senders 1/n of the limits; a node that stops beating for three beats no longer
+// counts, one that stops cleanly no longer counts at once, and one that comes back counts again.
+func TestNodesShareTheLimits(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		f := newFixture(t, db, 0, time.Hour)
+		var sa, sb shareSender
+		beat := func(set *Config) { set.Heartbeat = time.Second }
+		a, b := f.engineWith(t, &sa, "node-a", 0, beat), f.engineWith(t, &sb, "node-b", 0, beat)
+		step := func(e *Engine, s *shareSender, want float64) {
+			t.Helper()
+			if err := e.heartbeat(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.get(); got != want {
+				t.Fatalf("%s: share %v, want %v", e.NodeID(), got, want)
+			}
+		}
+		step(a, &sa, 1)
+		step(b, &sb, 0.5)
+		step(a, &sa, 0.5)
+		f.clk.Advance(2 * time.Second)
+		step(b, &sb, 0.5) // a was seen 2 s ago: within three beats
+		f.clk.Advance(2 * time.Second)
+		step(b, &sb, 1) // a was seen 4 s ago: gone
+		step(a, &sa, 0.5)
+		step(b, &sb, 0.5)
+		a.leave()
+		step(b, &sb, 1)
+		if n := b.LiveNodes(); n != 1 {
+			t.Fatalf("LiveNodes = %d, want 1", n)
+		}
+		step(a, &sa, 0.5) // back
+		// Rows of nodes gone for more than an hour are deleted.
+		f.clk.Advance(2 * time.Hour)
+		step(b, &sb, 1)
+		var rows int
+		if err := db.Read.QueryRow(`SELECT count(*) FROM nodes`).Scan(&rows); err != nil || rows != 1 {
+			t.Fatalf("nodes table holds %d rows (%v), want only node-b's", rows, err)
+		}
+	})
+}
