@@ -91,6 +91,14 @@ func wantStatus(t *testing.T, out []channel.Outcome, i int, want channel.Status)
 	}
 }
 
+// wantAll checks that every outcome has status want.
+func wantAll(t *testing.T, out []channel.Outcome, want channel.Status) {
+	t.Helper()
+	for i := range out {
+		wantStatus(t, out, i, want)
+	}
+}
+
 // checkReceived verifies the server got each sent message byte for byte.
 func checkReceived(t *testing.T, s *smtptest.Server, msgs []channel.Message, out []channel.Outcome) {
 	t.Helper()
@@ -165,9 +173,7 @@ func TestDataNormalization(t *testing.T) {
 		"a@example.com": ".first\r\nbare LF\r\n.\r\n..x\r\nno final newline\r\n",
 		"b@example.com": "Subject: x\r\n\r\n.\r\n",
 	}
-	for i := range out {
-		wantStatus(t, out, i, channel.Sent)
-	}
+	wantAll(t, out, channel.Sent)
 	for _, m := range s.Messages() {
 		if string(m.Data) != want[m.To[0]] {
 			t.Errorf("%s received %q, want %q", m.To[0], m.Data, want[m.To[0]])
@@ -318,9 +324,7 @@ func TestRefusedLastMessage(t *testing.T) {
 			wantStatus(t, out, 0, channel.HardFail)
 			msgs := testMessages(3, func(i int) string { return rcptN(i + 1) })
 			out = send(t, tr, msgs)
-			for i := range out {
-				wantStatus(t, out, i, channel.Sent)
-			}
+			wantAll(t, out, channel.Sent)
 			checkReceived(t, s, msgs, out)
 			if s.Connections() != 1 {
 				t.Errorf("used %d connections, want 1", s.Connections())
@@ -339,16 +343,12 @@ func TestServerClosesIdleConnections(t *testing.T) {
 			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining, IdleTimeout: 100 * time.Millisecond})
 			tr := newTestTransport(t, Options{MaxAttempts: 1}, plainRelay(s, 2))
 			out := send(t, tr, testMessages(4, rcptN))
-			for i := range out {
-				wantStatus(t, out, i, channel.Sent)
-			}
+			wantAll(t, out, channel.Sent)
 			before := s.Connections()
 			time.Sleep(300 * time.Millisecond) // the server closes the pooled connections
 			msgs := testMessages(4, func(i int) string { return rcptN(i + 10) })
 			out = send(t, tr, msgs)
-			for i := range out {
-				wantStatus(t, out, i, channel.Sent)
-			}
+			wantAll(t, out, channel.Sent)
 			checkReceived(t, s, msgs, out)
 			for _, m := range msgs {
 				if n := s.Attempts(m.To); n != 1 {
@@ -458,9 +458,7 @@ func TestFailover(t *testing.T) {
 
 	msgs := testMessages(30, rcptN)
 	out := send(t, tr, msgs)
-	for i := range out {
-		wantStatus(t, out, i, channel.Sent)
-	}
+	wantAll(t, out, channel.Sent)
 	first := accepts.Load()
 	if first == 0 {
 		t.Fatal("the dead relay was never tried")
@@ -468,9 +466,7 @@ func TestFailover(t *testing.T) {
 
 	// Within the back-off the dead relay is skipped.
 	out = send(t, tr, msgs)
-	for i := range out {
-		wantStatus(t, out, i, channel.Sent)
-	}
+	wantAll(t, out, channel.Sent)
 	if got := accepts.Load(); got != first {
 		t.Errorf("dead relay dialled %d more times during its back-off", got-first)
 	}
@@ -536,9 +532,7 @@ func TestContextCancelled(t *testing.T) {
 	if err := tr.Send(ctx, msgs, out); err != nil {
 		t.Fatal(err)
 	}
-	for i := range out {
-		wantStatus(t, out, i, channel.Deferred)
-	}
+	wantAll(t, out, channel.Deferred)
 	if s.Count() != 0 {
 		t.Errorf("server accepted %d after cancel", s.Count())
 	}
@@ -565,9 +559,7 @@ func TestMaxPerConn(t *testing.T) {
 	r.MaxPerConn = 3
 	tr := newTestTransport(t, Options{}, r)
 	out := send(t, tr, testMessages(10, rcptN))
-	for i := range out {
-		wantStatus(t, out, i, channel.Sent)
-	}
+	wantAll(t, out, channel.Sent)
 	if got := s.Connections(); got != 4 {
 		t.Errorf("used %d connections, want 4", got)
 	}
@@ -643,9 +635,7 @@ func TestDomainConns(t *testing.T) {
 			tr := newTestTransport(t, Options{MaxWait: 10 * time.Second, Domains: DomainLimits{Conns: map[string]int{"capped.example": 2}}},
 				plainRelay(s, 8))
 			out := send(t, tr, msgs)
-			for i := range out {
-				wantStatus(t, out, i, channel.Sent)
-			}
+			wantAll(t, out, channel.Sent)
 			checkReceived(t, s, msgs, out)
 			if n := s.MaxInProgress("capped.example"); n != 2 {
 				t.Errorf("capped.example: at most %d transactions at once, want the cap of 2", n)
@@ -669,9 +659,7 @@ func TestDomainConnsOneAtATime(t *testing.T) {
 	msgs := testMessages(40, rcptN)
 	start := time.Now()
 	out := send(t, tr, msgs)
-	for i := range out {
-		wantStatus(t, out, i, channel.Sent)
-	}
+	wantAll(t, out, channel.Sent)
 	if n := s.MaxInProgress("example.com"); n != 1 {
 		t.Errorf("at most %d transactions at once, want 1", n)
 	}
