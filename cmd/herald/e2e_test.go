@@ -225,6 +225,24 @@ func TestSendingSettingsReachTheEngine(t *testing.T) {
 	if wait := time.Until(time.UnixMilli(next)); wait < 6*time.Minute+50*time.Second || wait > 7*time.Minute {
 		t.Fatalf("dan's retry is due in %v, want the 7m of HERALD_RETRY_BACKOFF", wait)
 	}
+	// /metrics has the engine's and the transport's figures.
+	resp, err := http.Get("http://" + s.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range []string{
+		`herald_sending_messages_total{outcome="sent"} 7`,
+		`herald_sending_messages_total{outcome="soft_fail"} 1`,
+		`herald_sending_live_nodes 1`,
+		`herald_smtp_relay_up{relay="smtp://` + mail.Addr() + `"} 1`,
+		`herald_smtp_limits_share 1`,
+	} {
+		if !strings.Contains(string(body), "\n"+line+"\n") {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
 }
 
 // countTo counts the messages s accepted for recipients at domain.

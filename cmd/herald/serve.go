@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 
@@ -115,6 +116,10 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	engine, sender, err := startEngine(ctx, db, cfg, clk, deliverySvc, quarantineSvc, links, log)
 	if err != nil {
 		return err
+	}
+	srv.Registry().MustRegister(engine)
+	if c, ok := sender.(prometheus.Collector); ok { // the SMTP transport: relays, throttled domains
+		srv.Registry().MustRegister(c)
 	}
 	// Proofs go out through the same channel as the sends.
 	dkim, _ := loadDKIM(cfg) // read once already by startEngine, which reported any error

@@ -253,6 +253,7 @@ type Engine struct {
 	flightMu sync.Mutex
 	inflight map[int64]map[*flight]struct{} // delivery id → batches being sent
 
+	metrics   metrics
 	started   time.Time // when New made the engine, for the nodes table
 	nodesMu   sync.Mutex
 	liveNodes int // at the last heartbeat
@@ -382,6 +383,7 @@ func (e *Engine) work(ctx context.Context, worker int) {
 	for ctx.Err() == nil {
 		n, err := e.step(ctx, w)
 		if err != nil && ctx.Err() == nil {
+			e.metrics.errors.Add(1)
 			e.log.Error("sending batch failed", "worker", worker, "error", err)
 		}
 		if n > 0 && err == nil {

@@ -419,11 +419,16 @@ func (e *Engine) process(ctx context.Context, w *worker, d activeDelivery, rows 
 	b.flight = batchID
 	b.keep(marked)
 	b.failed = slices.DeleteFunc(b.failed, func(f failedRow) bool { return !marked[f.row.id] })
+	e.metrics.notBuilt.Add(int64(len(b.failed)))
 	if len(b.msgs) > 0 {
 		sctx, cancel := context.WithCancel(ctx)
 		f := &flight{cancel: cancel}
 		e.addFlight(d.id, f)
+		e.metrics.batches.Add(1)
+		e.metrics.inFlight.Add(int64(len(b.msgs)))
 		err = e.cfg.Sender.Send(sctx, b.msgs, b.out)
+		e.metrics.inFlight.Add(-int64(len(b.msgs)))
+		e.metrics.countSent(b.out[:len(b.msgs)])
 		e.removeFlight(d.id, f)
 		cancel()
 		if err != nil && !errors.Is(err, channel.ErrClosed) {

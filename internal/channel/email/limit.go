@@ -414,3 +414,16 @@ func (s *slots) forget(domain string, st *slotState) {
 		delete(s.domains, domain)
 	}
 }
+
+// throttledAndShare returns how many domains are throttled now, and this node's share.
+func (l *DomainLimiter) throttledAndShare() (int, float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, now := 0, l.clock.Now()
+	for dom := range l.domains {
+		if st := l.state(dom, now); st != nil && st.throttled { // state applies recovery first
+			n++
+		}
+	}
+	return n, l.share
+}
