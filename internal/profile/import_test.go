@@ -452,3 +452,58 @@ func TestImportKeepsAnOptOutMadeMeanwhile(t *testing.T) {
 		}
 	})
 }
+
+// TestEveryWriteMovesUpdatedAt: with the clock standing still (writes within one millisecond),
+// every write to a profile still moves its updated_at, which is what the write-back's check
+// against changes made meanwhile compares: an update, an upsert, an import and an erase.
+func TestEveryWriteMovesUpdatedAt(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		s, clk := newService(t, db)
+		ctx := context.Background()
+		email := "still@example.com"
+		p, _, err := s.Upsert(ctx, audit.System, profile.Input{Email: &email})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored := func() int64 {
+			var ms int64
+			if err := db.Read.QueryRow(`SELECT updated_at FROM profiles WHERE id = $1`, p.ID).Scan(&ms); err != nil {
+				t.Fatal(err)
+			}
+			return ms
+		}
+		last := stored()
+		if last != clk.Now().UnixMilli() {
+			t.Fatalf("a new profile's updated_at is %d, want the clock's %d", last, clk.Now().UnixMilli())
+		}
+		for _, w := range []struct {
+			name  string
+			write func() error
+		}{
+			{"update", func() error {
+				got, err := s.Update(ctx, audit.System, p.ID, profile.Input{Attributes: map[string]any{"plan": "gold"}})
+				if err == nil && got.UpdatedAt.UnixMilli() != last+1 {
+					t.Errorf("update answered updated_at %d, want %d", got.UpdatedAt.UnixMilli(), last+1)
+				}
+				return err
+			}},
+			{"upsert", func() error {
+				_, _, err := s.Upsert(ctx, audit.System, profile.Input{Email: &email, Attributes: map[string]any{"lang": "fr"}})
+				return err
+			}},
+			{"import", func() error {
+				_, err := s.Import(ctx, audit.System, strings.NewReader("email,city\n"+email+",Nice\n"), profile.ImportOptions{})
+				return err
+			}},
+			{"erase", func() error { return s.Erase(ctx, audit.System, p.ID) }},
+		} {
+			if err := w.write(); err != nil {
+				t.Fatalf("%s: %v", w.name, err)
+			}
+			if now := stored(); now != last+1 {
+				t.Fatalf("%s within the same millisecond: updated_at %d, want %d", w.name, now, last+1)
+			}
+			last++
+		}
+	})
+}

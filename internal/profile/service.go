@@ -113,8 +113,9 @@ func (s *Service) Update(ctx context.Context, actor audit.Actor, id int64, in In
 				return &problem.Error{Kind: problem.Conflict, Code: "profile_conflict", Field: "external_id", Message: fmt.Sprintf("the external id %q already belongs to another profile", merged.ExternalID)}
 			}
 		}
-		merged.UpdatedAt = s.clock.Now()
-		br := &batchResult{updated: []*slot{{p: merged, readUpdated: storedMillis(before.UpdatedAt)}}}
+		read := storedMillis(before.UpdatedAt)
+		merged.UpdatedAt = nextUpdated(s.clock.Now(), read)
+		br := &batchResult{updated: []*slot{{p: merged, readUpdated: read}}}
 		if err := write(ctx, s.db, conn, tx, br, true); err != nil {
 			return err
 		}
@@ -140,7 +141,7 @@ func (s *Service) Erase(ctx context.Context, actor audit.Actor, id int64) error 
 		now := s.clock.Now().UnixMilli()
 		if _, err := tx.ExecContext(ctx, `UPDATE profiles SET email = NULL, email_key = NULL, email_domain = NULL, phone = NULL,
 			push_tokens = '[]', time_zone = NULL, locale = NULL, external_id = NULL, attributes = '{}',
-			updated_at = $1, erased_at = $1 WHERE id = $2`, now, id); err != nil {
+			updated_at = CASE WHEN updated_at < $1 THEN $1 ELSE updated_at + 1 END, erased_at = $1 WHERE id = $2`, now, id); err != nil {
 			return fmt.Errorf("erase profile %d: %w", id, err)
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM audience_members WHERE profile_id = $1`, id); err != nil {

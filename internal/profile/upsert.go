@@ -184,7 +184,7 @@ func resolve(ctx context.Context, eng store.Engine, tx *sql.Tx, batch []pending,
 				continue
 			}
 		}
-		merged.UpdatedAt = now
+		merged.UpdatedAt = nextUpdated(now, target.readUpdated)
 		target.p, target.attrsJSON = merged, ""
 		if !target.isNew && !target.dirty {
 			target.dirty = true
@@ -304,6 +304,19 @@ var errCreatedMeanwhile = errors.New("a profile with this email or external id w
 // opt-out for one. A profile is written back only if its updated_at is still the one read;
 // trying again reads the change and merges with it.
 var errChangedMeanwhile = errors.New("a profile was changed by another request at the same time")
+
+// nextUpdated is the updated_at a write of a profile stores over read (the stored value in
+// Unix milliseconds, 0 for a new profile): now, or one millisecond after read when now is not
+// later (two writes within one millisecond, or a clock that went back). So every write moves
+// updated_at, and the write-back's check that it is still the one read (errChangedMeanwhile)
+// sees every change, not only those made in another millisecond. The tracking writer's opt-out
+// and Erase move it the same way, in SQL.
+func nextUpdated(now time.Time, read int64) time.Time {
+	if read != 0 && now.UnixMilli() <= read {
+		return time.UnixMilli(read + 1).UTC()
+	}
+	return now
+}
 
 // storedMillis is t as the database stores it, 0 for the zero time (see clock.FromMillis).
 func storedMillis(t time.Time) int64 {

@@ -294,7 +294,10 @@ func (s *SQLSink) optOut(ctx context.Context, tx *sql.Tx, channel string, profil
 	if col == "" {
 		return fmt.Errorf("tracking: opt-out on unknown channel %q", channel)
 	}
-	q := `UPDATE profiles SET ` + col + ` = true, updated_at = $2 WHERE ` + col + ` = false AND id IN `
+	// updated_at always moves (profile.nextUpdated), so that an import that read the profile
+	// before the opt-out does not write it back over it.
+	q := `UPDATE profiles SET ` + col + ` = true, updated_at = CASE WHEN updated_at < $2 THEN $2 ELSE updated_at + 1 END
+		WHERE ` + col + ` = false AND id IN `
 	var arg any
 	if s.db.Engine == store.SQLite {
 		q += `(SELECT value FROM json_each($1))`

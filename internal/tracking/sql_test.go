@@ -244,6 +244,13 @@ func TestRecordingAndKPIs(t *testing.T) {
 		if n := f.int(t, `SELECT COUNT(*) FROM profiles WHERE opt_out_email = true`); n != 0 {
 			t.Errorf("a GET opted out %d profiles", n)
 		}
+		// Ann's profile was last written "later" than the opt-out's clock (the same millisecond,
+		// or a node whose clock is behind): the opt-out still moves updated_at, which an import
+		// that read the profile before checks before it writes back.
+		const later = 4102444800000 // 2100-01-01
+		if _, err := f.db.Write.Exec(`UPDATE profiles SET updated_at = $1 WHERE id = $2`, later, f.profiles[0]); err != nil {
+			t.Fatal(err)
+		}
 		for range 2 {
 			if code, _, _ := f.do(t, "POST", optOut, ""); code != http.StatusOK {
 				t.Fatalf("one-click opt-out: %d", code)
@@ -251,6 +258,9 @@ func TestRecordingAndKPIs(t *testing.T) {
 		}
 		if n := f.int(t, `SELECT COUNT(*) FROM profiles WHERE opt_out_email = true AND id = $1`, f.profiles[0]); n != 1 {
 			t.Errorf("Ann is not opted out")
+		}
+		if ms := f.int(t, `SELECT updated_at FROM profiles WHERE id = $1`, f.profiles[0]); ms != later+1 {
+			t.Errorf("Ann's updated_at after the opt-out: %d, want %d", ms, later+1)
 		}
 		if n := f.int(t, `SELECT COUNT(*) FROM profiles WHERE opt_out_email = true`); n != 1 {
 			t.Errorf("%d profiles opted out, want 1", n)
