@@ -340,12 +340,12 @@ func TestRefusedLastMessage(t *testing.T) {
 func TestServerClosesIdleConnections(t *testing.T) {
 	for _, tc := range smtpModes {
 		t.Run(tc.name, func(t *testing.T) {
-			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining, IdleTimeout: 100 * time.Millisecond})
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining, IdleTimeout: 300 * time.Millisecond})
 			tr := newTestTransport(t, Options{MaxAttempts: 1}, plainRelay(s, 2))
 			out := send(t, tr, testMessages(4, rcptN))
 			wantAll(t, out, channel.Sent)
 			before := s.Connections()
-			time.Sleep(300 * time.Millisecond) // the server closes the pooled connections
+			time.Sleep(800 * time.Millisecond) // the server closes the pooled connections
 			msgs := testMessages(4, func(i int) string { return rcptN(i + 10) })
 			out = send(t, tr, msgs)
 			wantAll(t, out, channel.Sent)
