@@ -335,3 +335,51 @@ func TestTwoServersShareADeliveryOnPostgres(t *testing.T) {
 		t.Fatalf("%d recipients reached, %d more than once; want %d, 0", len(got), twice, n)
 	}
 }
+
+// TestTwoServersShareTheLimitsOnPostgres: two `herald serve` nodes on one PostgreSQL share the
+// installation's limits while both send, and each takes them whole again once the other is idle:
+// with 2,000 messages to a domain capped at 200 a second (four batches, so both nodes hold some),
+// both nodes' /metrics say a share of one half during the send, and one again after it.
+func TestTwoServersShareTheLimitsOnPostgres(t *testing.T) {
+	const n = 2000
+	dsn := storetest.DSN(t, store.Postgres)
+	mail := smtptest.Start(t, smtptest.Options{})
+	tokens := addUsers(t, dsn, [2]string{"maker", "Prepare deliveries"}, [2]string{"starter", "Start deliveries"})
+	csv := []byte("email\n")
+	for i := range n {
+		csv = fmt.Appendf(csv, "user%d@capped.example\n", i)
+	}
+	importProfiles(t, dsn, csv)
+	env := []string{"HERALD_SMTP_RELAYS=smtp://" + mail.Addr() + "?starttls=off", "HERALD_DOMAIN_LIMITS=capped.example=200"}
+	a, b := startServer(t, dsn, env...), startServer(t, dsn, env...)
+	defer a.stop(t)
+	defer b.stop(t)
+	share := func(s *server) string {
+		resp, err := http.Get("http://" + s.addr + "/metrics")
+		if err != nil {
+			return ""
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		_, after, _ := strings.Cut(string(body), "\nherald_smtp_limits_share ")
+		v, _, _ := strings.Cut(after, "\n")
+		return v
+	}
+	launch(t, "http://"+a.addr+"/api/v1", tokens["maker"], tokens["starter"], "Shared limits", map[string]any{"from_name": "Shop",
+		"from_address": "news@shop.example", "subject": "Hi", "html": `<p>Hi</p><a href="{{.unsubscribe_url}}">Unsubscribe</a>`})
+	seen := map[*server]bool{}
+	waitFor(t, "every message, with both nodes at half of the limits meanwhile", func() bool {
+		for _, s := range []*server{a, b} {
+			if share(s) == "0.5" {
+				seen[s] = true
+			}
+		}
+		return countTo(mail, "capped.example") == n
+	})
+	if !seen[a] || !seen[b] {
+		t.Fatalf("nodes seen sending at half of the limits: a %v, b %v; want both", seen[a], seen[b])
+	}
+	for _, s := range []*server{a, b} {
+		waitFor(t, "each node to take the whole limits once the other is idle", func() bool { return share(s) == "1" })
+	}
+}

@@ -129,7 +129,7 @@ type Sender interface {
 // Shared is implemented by Senders whose limits are the installation's, not one node's: the
 // messages per second a relay or a recipient domain may receive, and a domain's messages in
 // progress. With several nodes sending from one database, each node's engine gives its Sender
-// its share of every such limit (1/n among n live nodes), so that together they keep to it.
+// its share of every such limit (1/n while n nodes send), so that together they keep to it.
 type Shared interface {
 	// SetShare sets this node's part of every shared limit, in (0, 1]; 1 is the whole.
 	SetShare(share float64)

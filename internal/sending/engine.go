@@ -227,8 +227,9 @@ type Config struct {
 	WatchInterval time.Duration
 	// Backoff is the retry schedule of soft failures; nil means DefaultBackoff.
 	Backoff []time.Duration
-	// Heartbeat is how often this node records that it is alive and counts the live nodes,
-	// whose number divides the Sender's limits (nodes.go); 0 means DefaultHeartbeat.
+	// Heartbeat is how often this node records that it is alive and whether it is sending, and
+	// counts the nodes that send, whose number divides the Sender's limits (nodes.go); 0 means
+	// DefaultHeartbeat.
 	Heartbeat time.Duration
 	Clock     clock.Clock
 	Logger    *slog.Logger
@@ -257,10 +258,12 @@ type Engine struct {
 	flightMu sync.Mutex
 	inflight map[int64]map[*flight]struct{} // delivery id → batches being sent
 
-	metrics   metrics
-	started   time.Time // when New made the engine, for the nodes table
-	nodesMu   sync.Mutex
-	liveNodes int // at the last heartbeat
+	metrics       metrics
+	started       time.Time // when New made the engine, for the nodes table
+	nodesMu       sync.Mutex
+	liveNodes     int         // at the last heartbeat, this node included
+	sharedWith    int         // 1 + the other active nodes at the last heartbeat; 0 before the first
+	sentSinceBeat atomic.Bool // a batch went to the Sender since the last heartbeat
 
 	kick   chan struct{}
 	cancel context.CancelFunc

@@ -1268,9 +1268,11 @@ func (s *shareSender) get() float64 {
 	return s.share
 }
 
-// TestNodesShareTheLimits: nodes on one database count each other through their heartbeats
-// and give their Senders 1/n of the limits; a node that stops beating for three beats no longer
-// counts, one that stops cleanly no longer counts at once, and one that comes back counts again.
+// TestNodesShareTheLimits: nodes on one database count each other through their heartbeats;
+// each gives its Sender 1/(n+1) of the limits, n being the other live nodes that had a batch in
+// flight since their previous beat, so that sending nodes share and an idle one takes nothing.
+// A node that stops beating for three beats no longer counts, one that stops cleanly no longer
+// counts at once, and rows of nodes gone for an hour are deleted.
 func TestNodesShareTheLimits(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		ctx := context.Background()
@@ -1278,8 +1280,11 @@ func TestNodesShareTheLimits(t *testing.T) {
 		var sa, sb shareSender
 		beat := func(set *Config) { set.Heartbeat = time.Second }
 		a, b := f.engineWith(t, &sa, "node-a", 0, beat), f.engineWith(t, &sb, "node-b", 0, beat)
-		step := func(e *Engine, s *shareSender, want float64) {
+		// step beats e, as a node that sent since its previous beat when sending, and checks the
+		// share its Sender was given.
+		step := func(e *Engine, s *shareSender, sending bool, want float64) {
 			t.Helper()
+			e.sentSinceBeat.Store(sending)
 			if err := e.heartbeat(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -1287,24 +1292,30 @@ func TestNodesShareTheLimits(t *testing.T) {
 				t.Fatalf("%s: share %v, want %v", e.NodeID(), got, want)
 			}
 		}
-		step(a, &sa, 1)
-		step(b, &sb, 0.5)
-		step(a, &sa, 0.5)
+		step(a, &sa, false, 1)
+		step(b, &sb, false, 1) // a is live but idle
+		step(a, &sa, true, 1)  // b is idle: a sends with the whole of every limit
+		step(b, &sb, false, 0.5)
+		step(b, &sb, true, 0.5)
+		step(a, &sa, true, 0.5) // both send
+		if n := a.LiveNodes(); n != 2 {
+			t.Fatalf("LiveNodes = %d, want 2", n)
+		}
 		f.clk.Advance(2 * time.Second)
-		step(b, &sb, 0.5) // a was seen 2 s ago: within three beats
+		step(b, &sb, true, 0.5) // a was seen 2 s ago: within three beats
 		f.clk.Advance(2 * time.Second)
-		step(b, &sb, 1) // a was seen 4 s ago: gone
-		step(a, &sa, 0.5)
-		step(b, &sb, 0.5)
+		step(b, &sb, true, 1) // a was seen 4 s ago: gone
+		step(a, &sa, true, 0.5)
+		step(b, &sb, true, 0.5)
 		a.leave()
-		step(b, &sb, 1)
+		step(b, &sb, true, 1)
 		if n := b.LiveNodes(); n != 1 {
 			t.Fatalf("LiveNodes = %d, want 1", n)
 		}
-		step(a, &sa, 0.5) // back
+		step(a, &sa, true, 0.5) // back
 		// Rows of nodes gone for more than an hour are deleted.
 		f.clk.Advance(2 * time.Hour)
-		step(b, &sb, 1)
+		step(b, &sb, true, 1)
 		var rows int
 		if err := db.Read.QueryRow(`SELECT count(*) FROM nodes`).Scan(&rows); err != nil || rows != 1 {
 			t.Fatalf("nodes table holds %d rows (%v), want only node-b's", rows, err)

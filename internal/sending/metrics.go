@@ -24,7 +24,7 @@ var (
 	descBatches   = prometheus.NewDesc("herald_sending_batches_total", "Batches handed to the channel.", nil, nil)
 	descErrors    = prometheus.NewDesc("herald_sending_batch_errors_total", "Batches that failed to be claimed, prepared or written back (each is logged; its rows return to the queue).", nil, nil)
 	descInFlight  = prometheus.NewDesc("herald_sending_messages_in_flight", "Messages handed to the channel and not yet answered.", nil, nil)
-	descLiveNodes = prometheus.NewDesc("herald_sending_live_nodes", "Nodes sending from this database, counted at this node's last heartbeat; each keeps 1/n of the configured limits.", nil, nil)
+	descLiveNodes = prometheus.NewDesc("herald_sending_live_nodes", "Live nodes on this database (this one included), counted at this node's last heartbeat.", nil, nil)
 )
 
 var _ prometheus.Collector = (*Engine)(nil)

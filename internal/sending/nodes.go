@@ -10,13 +10,15 @@ import (
 )
 
 // Several nodes (herald serve processes) may send from one database. Each registers in the
-// nodes table and beats every Config.Heartbeat; a node not seen for three beats is taken as
-// gone, and its row is deleted after an hour. The limits an operator gives the Sender (a
-// relay's rate, a recipient domain's rate and messages in progress) are the installation's:
-// with n live nodes each engine gives its Sender a share of 1/n (channel.Shared), so that
-// together they keep to them. A node that starts takes its share at once; the others take
-// theirs at their next beat, so for up to one beat the installation may send above a limit
-// by the new node's share.
+// nodes table and beats every Config.Heartbeat, saying whether it had a batch in flight since
+// its previous beat (active); a node not seen for three beats is taken as gone, and its row is
+// deleted after an hour. The limits an operator gives the Sender (a relay's rate, a recipient
+// domain's rate and messages in progress) are the installation's: each engine gives its Sender
+// a share of 1/(n+1) of them (channel.Shared), n being the other live nodes that are active,
+// so that n+1 sending nodes keep to them together while an idle node takes nothing from the
+// others. A node that starts sending takes its share at once; the others take their smaller
+// one at their next beat, so for up to one beat the installation may send above a limit by the
+// new node's share.
 
 // DefaultHeartbeat is Config.Heartbeat's default.
 const DefaultHeartbeat = 2 * time.Second
@@ -24,45 +26,54 @@ const DefaultHeartbeat = 2 * time.Second
 // forgetNodesAfter is how long the row of a node that stopped beating is kept.
 const forgetNodesAfter = time.Hour
 
-// heartbeat records that this node is alive, counts the live nodes and, when their number
-// changed, gives the Sender its new share of the limits.
+// heartbeat records that this node is alive and whether it was active, counts the other live
+// nodes and the active ones among them and, when the share changed, gives the Sender its new
+// share of the limits.
 func (e *Engine) heartbeat(ctx context.Context) error {
 	now := e.clock.Now()
-	var live int
+	active := e.sentSinceBeat.Swap(false) || e.hasFlights()
+	var live, others int
 	err := e.db.InTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (id, started_at, seen_at) VALUES ($1, $2, $3)
-			ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, seen_at = excluded.seen_at`,
-			e.cfg.NodeID, e.started.UnixMilli(), now.UnixMilli()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (id, started_at, seen_at, active) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, seen_at = excluded.seen_at, active = excluded.active`,
+			e.cfg.NodeID, e.started.UnixMilli(), now.UnixMilli(), active); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE seen_at < $1`, now.Add(-forgetNodesAfter).UnixMilli()); err != nil {
 			return err
 		}
-		return tx.QueryRowContext(ctx, `SELECT count(*) FROM nodes WHERE seen_at >= $1`,
-			now.Add(-3*e.cfg.Heartbeat).UnixMilli()).Scan(&live)
+		return tx.QueryRowContext(ctx, `SELECT count(*), count(CASE WHEN active AND id <> $2 THEN 1 END) FROM nodes WHERE seen_at >= $1`,
+			now.Add(-3*e.cfg.Heartbeat).UnixMilli(), e.cfg.NodeID).Scan(&live, &others)
 	})
 	if err != nil {
 		return fmt.Errorf("node heartbeat: %w", err)
 	}
-	live = max(live, 1)
 	e.nodesMu.Lock()
-	changed := live != e.liveNodes
-	e.liveNodes = live
+	changed := others+1 != e.sharedWith
+	e.liveNodes, e.sharedWith = max(live, 1), others+1
 	e.nodesMu.Unlock()
 	if changed {
 		if s, ok := e.cfg.Sender.(channel.Shared); ok {
-			s.SetShare(1 / float64(live))
+			s.SetShare(1 / float64(others+1))
 		}
-		e.log.Info("sending limits shared among the live nodes", "node", e.cfg.NodeID, "live_nodes", live)
+		e.log.Info("sending limits shared among the sending nodes", "node", e.cfg.NodeID, "share", fmt.Sprintf("1/%d", others+1))
 	}
 	return nil
 }
 
-// LiveNodes returns the number of live nodes this node counted at its last heartbeat.
+// LiveNodes returns the number of live nodes this node counted at its last heartbeat, itself
+// included.
 func (e *Engine) LiveNodes() int {
 	e.nodesMu.Lock()
 	defer e.nodesMu.Unlock()
 	return e.liveNodes
+}
+
+// hasFlights reports whether a batch of this node is being sent.
+func (e *Engine) hasFlights() bool {
+	e.flightMu.Lock()
+	defer e.flightMu.Unlock()
+	return len(e.inflight) > 0
 }
 
 // beat runs heartbeat every Config.Heartbeat until ctx ends, then removes this node's row so

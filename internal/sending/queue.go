@@ -425,6 +425,7 @@ func (e *Engine) process(ctx context.Context, w *worker, d activeDelivery, rows 
 		f := &flight{cancel: cancel}
 		e.addFlight(d.id, f)
 		e.metrics.batches.Add(1)
+		e.sentSinceBeat.Store(true)
 		e.metrics.inFlight.Add(int64(len(b.msgs)))
 		err = e.cfg.Sender.Send(sctx, b.msgs, b.out)
 		e.metrics.inFlight.Add(-int64(len(b.msgs)))

@@ -8,7 +8,7 @@ var (
 	descRelayConns = prometheus.NewDesc("herald_smtp_relay_connections", "Open connections to the relay (in use or idle).", []string{"relay"}, nil)
 	descThrottled  = prometheus.NewDesc("herald_smtp_throttled_domains",
 		"Recipient domains sent to below their configured rate after answering 421, 450 or 451.", nil, nil)
-	descShare = prometheus.NewDesc("herald_smtp_limits_share", "This node's share of the configured rates and caps (1/n among n live nodes).", nil, nil)
+	descShare = prometheus.NewDesc("herald_smtp_limits_share", "This node's share of the configured rates and caps (1/n while n nodes send).", nil, nil)
 )
 
 var _ prometheus.Collector = (*Transport)(nil)

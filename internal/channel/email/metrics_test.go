@@ -34,7 +34,7 @@ herald_smtp_relay_up{relay="smtp://` + live.Addr + `"} 1
 # HELP herald_smtp_throttled_domains Recipient domains sent to below their configured rate after answering 421, 450 or 451.
 # TYPE herald_smtp_throttled_domains gauge
 herald_smtp_throttled_domains 1
-# HELP herald_smtp_limits_share This node's share of the configured rates and caps (1/n among n live nodes).
+# HELP herald_smtp_limits_share This node's share of the configured rates and caps (1/n while n nodes send).
 # TYPE herald_smtp_limits_share gauge
 herald_smtp_limits_share 0.5
 `

@@ -1,12 +1,15 @@
 -- The nodes sending from this database, each seen by its heartbeat. The limits an operator
 -- sets (a relay's rate, a recipient domain's rate and messages in progress) are the
--- installation's: each live node takes its share of them (internal/sending, nodes.go).
+-- installation's: each node takes its share of them among the nodes that are sending
+-- (internal/sending, nodes.go).
 
 -- +goose Up
 CREATE TABLE nodes (
     id         TEXT PRIMARY KEY,
     started_at BIGINT NOT NULL,
-    seen_at    BIGINT NOT NULL
+    seen_at    BIGINT NOT NULL,
+    -- active: the node had a batch in flight since its previous heartbeat
+    active     BOOLEAN NOT NULL DEFAULT false
 );
 
 -- +goose Down
