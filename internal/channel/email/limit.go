@@ -136,7 +136,7 @@ func NewDomainLimiter(cfg DomainLimits, clock Clock) *DomainLimiter {
 	}
 	l := &DomainLimiter{cfg: cfg, clock: clock, domains: map[string]*domainState{}, share: 1}
 	if len(cfg.Conns) > 0 || cfg.DefaultConns > 0 {
-		l.slots = &slots{caps: cfg.Conns, def: cfg.DefaultConns, share: 1, domains: map[string]*slotState{}}
+		l.slots = &slots{caps: cfg.Conns, def: cfg.DefaultConns, clock: clock, recover: cfg.Recover, share: 1, domains: map[string]*slotState{}}
 	}
 	return l
 }
@@ -235,8 +235,12 @@ func (l *DomainLimiter) Cancel(domain string) {
 }
 
 // Throttle records that domain's server asked us to slow down (421, 450,
-// 451): the domain's rate is halved, at most once per second.
+// 451): the domain's rate is halved, and its cap on messages in progress if
+// it has one, each at most once per second.
 func (l *DomainLimiter) Throttle(domain string) {
+	if l.slots != nil {
+		l.slots.throttle(domain)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
@@ -280,12 +284,20 @@ func (l *DomainLimiter) InProgress(domain string) int {
 }
 
 // slots is a counting semaphore per capped domain. A domain's state exists
-// only while it has messages in progress or waiting, so the map holds the
-// domains being sent to, not every domain ever seen. A freed slot is handed
-// to the longest waiter, so a steady stream of new messages cannot starve it.
+// only while it has messages in progress or waiting, or a cap cut by
+// throttling, so the map holds the domains being sent to, not every domain
+// ever seen. A freed slot is handed to the longest waiter, so a steady stream
+// of new messages cannot starve it.
+//
+// Like the rates, a domain's cap slows down when its server answers 421, 450
+// or 451 (halved, at most once a second, down to 1) and recovers after: one
+// more slot for each quiet period (DomainLimits.Recover) until the configured
+// cap is back.
 type slots struct {
-	caps map[string]int
-	def  int
+	caps    map[string]int
+	def     int
+	clock   Clock
+	recover time.Duration
 
 	mu      sync.Mutex
 	share   float64
@@ -295,10 +307,12 @@ type slots struct {
 type slotState struct {
 	inUse   int
 	waiters []chan struct{} // closed when handed a slot
+	cut     int             // the cap after throttling, below the configured one; 0: not cut
+	changed time.Time       // when cut last moved
 }
 
-// capOf returns this node's share of domain's cap, 0 when it has none; s.mu must be held.
-func (s *slots) capOf(domain string) int {
+// base returns this node's share of domain's configured cap, 0 when it has none.
+func (s *slots) base(domain string) int {
 	c, ok := s.caps[domain]
 	if !ok {
 		c = s.def
@@ -307,6 +321,52 @@ func (s *slots) capOf(domain string) int {
 		return 0
 	}
 	return max(1, int(math.Ceil(float64(c)*s.share-1e-9)))
+}
+
+// capOf returns domain's cap now, 0 when it has none; s.mu must be held.
+func (s *slots) capOf(domain string) int {
+	c := s.base(domain)
+	st := s.domains[domain]
+	if c == 0 || st == nil || st.cut == 0 {
+		return c
+	}
+	if steps := int(s.clock.Now().Sub(st.changed) / s.recover); steps > 0 {
+		st.cut += steps
+		st.changed = st.changed.Add(time.Duration(steps) * s.recover)
+	}
+	if st.cut >= c {
+		st.cut = 0
+		return c
+	}
+	return st.cut
+}
+
+// throttle halves domain's cap after a 421, 450 or 451, at most once a second.
+func (s *slots) throttle(domain string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.capOf(domain)
+	if c == 0 {
+		return
+	}
+	now := s.clock.Now()
+	st := s.domains[domain]
+	if st == nil {
+		st = &slotState{}
+		s.domains[domain] = st
+	}
+	if st.cut > 0 && now.Sub(st.changed) < throttleDebounce {
+		return
+	}
+	st.cut, st.changed = max(1, c/2), now
+}
+
+// grant hands the slots a larger cap frees to waiters; s.mu must be held.
+func (s *slots) grant(domain string, st *slotState) {
+	for c := s.capOf(domain); st.inUse < c && len(st.waiters) > 0; st.inUse++ {
+		close(st.waiters[0])
+		st.waiters = slices.Delete(st.waiters, 0, 1)
+	}
 }
 
 // limit returns this node's share of domain's cap, 0 when it has none.
@@ -320,12 +380,13 @@ func (s *slots) limit(domain string) int {
 func (s *slots) setShare(share float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	old := s.share
 	s.share = share
 	for dom, st := range s.domains {
-		for c := s.capOf(dom); st.inUse < c && len(st.waiters) > 0; st.inUse++ {
-			close(st.waiters[0])
-			st.waiters = slices.Delete(st.waiters, 0, 1)
+		if st.cut > 0 { // a cut cap moves in proportion, as a throttled rate does
+			st.cut = max(1, int(math.Ceil(float64(st.cut)*share/old-1e-9)))
 		}
+		s.grant(dom, st)
 	}
 }
 
@@ -398,19 +459,21 @@ func (s *slots) release(domain string) {
 	if st == nil {
 		return // not capped
 	}
-	if len(st.waiters) > 0 {
+	if len(st.waiters) > 0 && st.inUse <= s.capOf(domain) {
 		close(st.waiters[0])
 		st.waiters = slices.Delete(st.waiters, 0, 1)
+		s.grant(domain, st) // the cap may have recovered meanwhile
 		return
 	}
 	st.inUse--
+	s.grant(domain, st)
 	s.forget(domain, st)
 }
 
-// forget drops a domain's state once nothing holds or waits for a slot;
-// s.mu must be held.
+// forget drops a domain's state once nothing holds or waits for a slot and
+// its cap is not cut; s.mu must be held.
 func (s *slots) forget(domain string, st *slotState) {
-	if st.inUse == 0 && len(st.waiters) == 0 {
+	if st.inUse == 0 && len(st.waiters) == 0 && st.cut == 0 {
 		delete(s.domains, domain)
 	}
 }

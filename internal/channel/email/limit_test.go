@@ -188,9 +188,9 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestSetShare(t *testing.T) {
 	clock := newFakeClock()
 	l := NewDomainLimiter(DomainLimits{Rates: map[string]float64{"gmail.com": 40, "yahoo.com": 10}, Start: 50,
-		Conns: map[string]int{"gmail.com": 5, "tiny.example": 1}}, clock)
+		Conns: map[string]int{"gmail.com": 5, "hotmail.com": 5, "tiny.example": 1}}, clock)
 	l.Throttle("throttled.example") // uncapped: falls to Start, 50
-	l.Throttle("gmail.com")         // capped: halved to 20
+	l.Throttle("gmail.com")         // capped: halved to 20, and its 5 in progress to 2
 	l.SetShare(0.5)
 	for dom, want := range map[string]float64{"gmail.com": 10, "yahoo.com": 5, "throttled.example": 25} {
 		if r := l.Rate(dom); r != want {
@@ -202,21 +202,24 @@ func TestSetShare(t *testing.T) {
 		t.Errorf("an uncapped domain throttled at half share falls to %v, want 25 (half of Start)", r)
 	}
 	s := l.slots
-	if s.limit("gmail.com") != 3 || s.limit("tiny.example") != 1 || s.limit("other.example") != 0 {
-		t.Fatalf("caps at half share: gmail.com %d (want 3), tiny.example %d (want 1), other.example %d (want none)",
-			s.limit("gmail.com"), s.limit("tiny.example"), s.limit("other.example"))
+	if s.limit("hotmail.com") != 3 || s.limit("gmail.com") != 1 || s.limit("tiny.example") != 1 || s.limit("other.example") != 0 {
+		t.Fatalf("caps at half share: hotmail.com %d (want 3), gmail.com %d (want 1, its cut 2 halved), tiny.example %d (want 1), other.example %d (want none)",
+			s.limit("hotmail.com"), s.limit("gmail.com"), s.limit("tiny.example"), s.limit("other.example"))
 	}
 	for range 3 {
-		if !s.tryAcquire("gmail.com") {
-			t.Fatal("gmail.com: fewer than 3 slots at half share")
+		if !s.tryAcquire("hotmail.com") {
+			t.Fatal("hotmail.com: fewer than 3 slots at half share")
 		}
 	}
 	got := make(chan bool)
-	go func() { got <- s.acquire(context.Background(), "gmail.com", 10*time.Second) }()
-	waitFor(t, func() bool { return waiters(s, "gmail.com") == 1 })
+	go func() { got <- s.acquire(context.Background(), "hotmail.com", 10*time.Second) }()
+	waitFor(t, func() bool { return waiters(s, "hotmail.com") == 1 })
 	l.SetShare(1)
 	if !<-got {
 		t.Fatal("the waiter did not get a slot of the larger share")
+	}
+	if c := s.limit("gmail.com"); c != 2 {
+		t.Errorf("gmail.com's cut cap back at the whole share = %d, want 2", c)
 	}
 	if r := l.Rate("gmail.com"); r != 20 {
 		t.Errorf("Rate(gmail.com) back at the whole share = %v, want 20 (still throttled from 40)", r)
@@ -235,5 +238,71 @@ func TestSetShare(t *testing.T) {
 	}
 	if r := tr.Domains().Rate("example.com"); r != 0 {
 		t.Errorf("an uncapped domain got a rate of %v", r)
+	}
+}
+
+// TestDomainSlotsThrottleAndRecover: a 421/450/451 halves a domain's cap on messages in
+// progress (once a second at most, down to 1), holders above the cut cap keep their slots but
+// no new one is given until the count is under it, and each quiet period gives one slot back,
+// to the waiters first, until the configured cap is back.
+func TestDomainSlotsThrottleAndRecover(t *testing.T) {
+	clock := newFakeClock()
+	l := NewDomainLimiter(DomainLimits{Conns: map[string]int{"gmail.com": 8}, Recover: 10 * time.Second}, clock)
+	s := l.slots
+	for range 6 {
+		if !s.tryAcquire("gmail.com") {
+			t.Fatal("gmail.com: fewer than 6 of its 8 slots")
+		}
+	}
+	l.Throttle("gmail.com")
+	l.Throttle("gmail.com") // within the second: counts once
+	if c := s.limit("gmail.com"); c != 4 {
+		t.Fatalf("cap after a throttle = %d, want 4", c)
+	}
+	if s.tryAcquire("gmail.com") {
+		t.Fatal("a slot was given with 6 in progress and a cap of 4")
+	}
+	clock.Advance(2 * time.Second)
+	l.Throttle("gmail.com")
+	clock.Advance(2 * time.Second)
+	l.Throttle("gmail.com")
+	clock.Advance(2 * time.Second)
+	l.Throttle("gmail.com")
+	if c := s.limit("gmail.com"); c != 1 {
+		t.Fatalf("cap after four throttles = %d, want 1 (it does not go lower)", c)
+	}
+	for range 6 {
+		s.release("gmail.com")
+	}
+	if !s.tryAcquire("gmail.com") || s.tryAcquire("gmail.com") {
+		t.Fatal("with nothing in progress and a cap of 1: want exactly one slot")
+	}
+	// A waiter gets the slot the next quiet period gives back.
+	got := make(chan bool)
+	go func() { got <- s.acquire(context.Background(), "gmail.com", time.Minute) }()
+	waitFor(t, func() bool { return waiters(s, "gmail.com") == 1 })
+	clock.Advance(10 * time.Second)
+	s.release("gmail.com") // the holder's slot goes to the waiter, and the recovered one too if asked
+	if !<-got {
+		t.Fatal("the waiter got no slot")
+	}
+	if c := s.limit("gmail.com"); c != 2 {
+		t.Fatalf("cap after one quiet period = %d, want 2", c)
+	}
+	clock.Advance(time.Minute)
+	if c := s.limit("gmail.com"); c != 8 {
+		t.Fatalf("cap after long quiet = %d, want the configured 8", c)
+	}
+	s.release("gmail.com")
+	s.mu.Lock()
+	left := len(s.domains)
+	s.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d domains still tracked once recovered and idle", left)
+	}
+	// A domain without a cap on messages in progress gets none from throttling.
+	l.Throttle("other.example")
+	if c := s.limit("other.example"); c != 0 {
+		t.Fatalf("other.example got a cap of %d", c)
 	}
 }

@@ -256,7 +256,8 @@ func TestTempFailThrottlesDomain(t *testing.T) {
 	// 421 closes the connection: the message was not handed over, so it is
 	// tried again on a new connection within the same Send.
 	s.Script("closing@other.example", smtptest.FailTimes(1, 421, "4.7.0", "too many messages"))
-	tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(s, 1))
+	tr := newTestTransport(t, Options{Clock: newFakeClock(), Domains: DomainLimits{Conns: map[string]int{"throttled.example": 4}}},
+		plainRelay(s, 1))
 	out := send(t, tr, []channel.Message{
 		{To: "slow@throttled.example", Data: []byte("x\r\n")},
 		{To: "other@example.com", Data: []byte("x\r\n")},
@@ -275,6 +276,9 @@ func TestTempFailThrottlesDomain(t *testing.T) {
 	}
 	if r := tr.Domains().Rate("throttled.example"); r <= 0 {
 		t.Errorf("throttled.example rate = %v after 421, want a limit", r)
+	}
+	if c := tr.domains.slots.limit("throttled.example"); c != 2 {
+		t.Errorf("throttled.example may have %d messages in progress after the 450, want its 4 halved", c)
 	}
 	if r := tr.Domains().Rate("example.com"); r != 0 {
 		t.Errorf("example.com rate = %v, want no limit", r)
