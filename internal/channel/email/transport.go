@@ -85,6 +85,26 @@ type pool struct {
 	failures  int
 	downUntil time.Time
 	lastErr   error
+	// open counts the connections established (in use or idle). connLimit,
+	// until connLimitUntil, is the most connections the relay took before it
+	// refused one more while others worked (a per-client connection limit).
+	open           int
+	connLimit      int
+	connLimitUntil time.Time
+}
+
+// connLimitFor is how long a relay that refused one more connection is used
+// with the connections it took, before one more is tried.
+const connLimitFor = time.Minute
+
+// maxConns returns how many connections to p may be open now.
+func (p *pool) maxConns(now time.Time) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.connLimit > 0 && now.Before(p.connLimitUntil) {
+		return p.connLimit
+	}
+	return p.relay.MaxConns
 }
 
 var errRelayDown = errors.New("relay is in back-off after failing")
@@ -200,8 +220,9 @@ func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []chan
 		}
 		var wg sync.WaitGroup
 		left := b.remaining()
+		now := t.clock.Now()
 		for _, p := range up {
-			for range min(p.relay.MaxConns, left) {
+			for range min(p.maxConns(now), left) {
 				wg.Go(func() { t.work(ctx, p, b) })
 			}
 		}
@@ -290,6 +311,23 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 		select {
 		case c = <-p.idle:
 		default:
+			if len(p.slots) >= p.maxConns(t.clock.Now()) {
+				// The relay takes no more connections for now: wait for one of
+				// those open, looking again now and then in case they close.
+				timer := time.NewTimer(50 * time.Millisecond)
+				select {
+				case c = <-p.idle:
+				case <-timer.C:
+				case <-ctx.Done():
+					timer.Stop()
+					return nil, false, ctx.Err()
+				}
+				timer.Stop()
+				if c == nil {
+					continue
+				}
+				break
+			}
 			select {
 			case c = <-p.idle:
 			case p.slots <- struct{}{}:
@@ -319,7 +357,7 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 	if err != nil {
 		<-p.slots
 		if ctx.Err() == nil {
-			t.markDown(p, err)
+			t.dialFailed(p, err)
 		}
 		return nil, false, err
 	}
@@ -327,9 +365,33 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 	if p.failures > 0 {
 		t.log.Info("smtp relay is back", "relay", p.relay.String())
 	}
-	p.failures, p.lastErr = 0, nil
+	p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
+	p.open++
 	p.mu.Unlock()
 	return c, false, nil
+}
+
+// dialFailed handles a connection p could not open. When none of p's
+// connections is open the relay is down, and skipped for a back-off. When
+// others are open and working, the relay is up but refuses one more (a
+// per-client connection limit, often "421 Too many connections"): p is used
+// with the connections it has for connLimitFor, instead of failing the
+// messages of the next batches as if the relay were down.
+func (t *Transport) dialFailed(p *pool, err error) {
+	p.mu.Lock()
+	open := p.open
+	if open > 0 {
+		first := p.connLimit != open || !t.clock.Now().Before(p.connLimitUntil)
+		p.connLimit, p.connLimitUntil = open, t.clock.Now().Add(connLimitFor)
+		p.mu.Unlock()
+		if first {
+			t.log.Warn("smtp relay refused one more connection; using those open", "relay", p.relay.String(),
+				"connections", open, "for", connLimitFor, "error", err)
+		}
+		return
+	}
+	p.mu.Unlock()
+	t.markDown(p, err)
 }
 
 func (t *Transport) markDown(p *pool, err error) {
@@ -363,6 +425,9 @@ func (t *Transport) discard(p *pool, c *conn, polite bool) {
 	} else {
 		c.nc.Close()
 	}
+	p.mu.Lock()
+	p.open--
+	p.mu.Unlock()
 	<-p.slots
 }
 

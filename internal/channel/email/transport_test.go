@@ -492,6 +492,35 @@ func TestFailover(t *testing.T) {
 	}
 }
 
+// TestRelayConnectionLimit: a relay that takes fewer connections than max_conns and refuses
+// the next with "421 Too many connections" is up, not down: every message goes out over the
+// connections it took, batch after batch, instead of the next batches failing as "no SMTP
+// relay reachable"; one more connection is tried again only after a while.
+func TestRelayConnectionLimit(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{MaxConns: 2})
+	clock := newFakeClock()
+	tr := newTestTransport(t, Options{Clock: clock, IdleTimeout: time.Hour}, plainRelay(s, 4))
+	for round := range 4 {
+		out := send(t, tr, testMessages(20, func(i int) string { return rcptN(i + 100*round) }))
+		wantAll(t, out, channel.Sent)
+	}
+	if n := s.Refused(); n < 1 || n > 4 {
+		t.Errorf("%d connections refused over four batches; want the first batches' only", n)
+	}
+	refused := s.Refused()
+	out := send(t, tr, testMessages(20, func(i int) string { return rcptN(i + 1000) }))
+	wantAll(t, out, channel.Sent)
+	if s.Refused() != refused {
+		t.Errorf("a connection was tried again within %v of the refusal", connLimitFor)
+	}
+	clock.Advance(connLimitFor + time.Second)
+	out = send(t, tr, testMessages(20, func(i int) string { return rcptN(i + 2000) }))
+	wantAll(t, out, channel.Sent)
+	if s.Refused() == refused {
+		t.Errorf("no connection beyond the two was tried %v after the refusal", connLimitFor)
+	}
+}
+
 func TestAllRelaysDown(t *testing.T) {
 	dead, _ := deadRelay(t)
 	tr := newTestTransport(t, Options{Clock: newFakeClock()},

@@ -127,6 +127,10 @@ type Options struct {
 	// NoPipelining hides PIPELINING from the EHLO answer, for testing the
 	// client's lock-step mode. It works on connections without TLS only.
 	NoPipelining bool
+	// MaxConns, when set, caps the connections open at once: one more is
+	// greeted with "421 4.7.0 Too many connections" and closed, as relays
+	// that limit a client's concurrent connections answer.
+	MaxConns int
 	// IdleTimeout, when set, makes the server close a connection that sent
 	// nothing for that long, with "421 4.4.2 Idle timeout" as Postfix's
 	// smtpd_timeout does: a client's pooled connection goes stale.
@@ -141,14 +145,16 @@ type Options struct {
 
 // Server is a running in-process SMTP server.
 type Server struct {
-	opts   Options
-	srv    *smtp.Server
-	sink   *sink
-	ln     net.Listener
-	done   chan struct{}
-	count  atomic.Int64
-	conns  atomic.Int64
-	nextID atomic.Int64
+	opts    Options
+	srv     *smtp.Server
+	sink    *sink
+	ln      net.Listener
+	done    chan struct{}
+	count   atomic.Int64
+	conns   atomic.Int64
+	open    atomic.Int64 // connections open now, with MaxConns
+	refused atomic.Int64 // connections refused for MaxConns
+	nextID  atomic.Int64
 
 	mu       sync.Mutex
 	msgs     []Message
@@ -245,6 +251,9 @@ func (s *Server) Script(rcpt string, sc Script) {
 
 // Count returns the number of messages accepted so far (also in Sink mode).
 func (s *Server) Count() int64 { return s.count.Load() }
+
+// Refused returns the number of connections refused for Options.MaxConns.
+func (s *Server) Refused() int64 { return s.refused.Load() }
 
 // Connections returns the number of connections accepted so far.
 func (s *Server) Connections() int64 { return s.conns.Load() }
@@ -484,15 +493,39 @@ type countingListener struct {
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		l.s.conns.Add(1)
+		if max := int64(l.s.opts.MaxConns); max > 0 {
+			if l.s.open.Add(1) > max {
+				l.s.open.Add(-1)
+				l.s.refused.Add(1)
+				c.Write([]byte("421 4.7.0 Too many connections, try again later\r\n"))
+				c.Close()
+				continue
+			}
+			c = &openConn{Conn: c, open: &l.s.open}
+		}
+		if l.s.opts.NoPipelining {
+			return &noPipeliningConn{Conn: c}, nil
+		}
+		return c, nil
 	}
-	l.s.conns.Add(1)
-	if l.s.opts.NoPipelining {
-		return &noPipeliningConn{Conn: c}, nil
-	}
-	return c, nil
+}
+
+// openConn counts itself out of the open connections when closed.
+type openConn struct {
+	net.Conn
+	open *atomic.Int64
+	once sync.Once
+}
+
+func (c *openConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
 }
 
 // noPipeliningConn drops the "250-PIPELINING" line; go-smtp writes each reply
