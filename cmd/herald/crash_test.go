@@ -42,9 +42,12 @@ func crashPost(t *testing.T, url, token string, body any) (int, map[string]any) 
 // TestSIGKILLWhileSending is DESIGN.md §4's crash promise, on the binary and on both engines:
 // a `herald serve` sending 20,000 messages to an in-process SMTP server is killed with SIGKILL
 // 3 to 5 times at random points while messages flow, and restarted each time on the same
-// database. In the end every recipient has received the message; those received twice are
-// among the rows that were in flight at the kills (in a batch in flight, SQLite's record of
-// them; in status sending on PostgreSQL), and exactly those rows say ambiguous.
+// database. In the end every recipient has received the message; a recipient has one copy more
+// for each kill its row was in flight at (in a batch in flight, SQLite's record of them; in
+// status sending on PostgreSQL), and no more; the extra copies are no more than the messages in
+// flight at the kills; and exactly the rows in flight at a kill say ambiguous. A row can be in
+// flight at two kills: a restart sends the rows it took back first, and the next kill may come
+// before they are written back (with three workers, 1,500 rows are in flight).
 //
 // Each restart is the same node (serve's default node id is the host name and the listen
 // address, stable across restarts): on start it takes back at once the rows its dead run
@@ -123,7 +126,7 @@ func sigkillWhileSending(t *testing.T, eng store.Engine) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	inFlight := map[int64]bool{} // rows in flight at a kill
+	inFlight := map[int64]int{} // rows in flight at a kill: at how many kills
 	kills := 3 + rand.IntN(3)
 	for k := range kills {
 		// A random point in the k-th slice of the send, then a random few milliseconds more.
@@ -143,7 +146,7 @@ func sigkillWhileSending(t *testing.T, eng store.Engine) {
 
 		ids, leased := inFlightAtKill(t, db)
 		for _, rid := range ids {
-			inFlight[rid] = true
+			inFlight[rid]++
 		}
 		t.Logf("kill %d: SIGKILL at %d messages received; %d rows in flight, %s still leased (taken back at the restart)",
 			k+1, received, len(ids), leased)
@@ -189,15 +192,13 @@ func sigkillWhileSending(t *testing.T, eng store.Engine) {
 			t.Errorf("row %d (%s) is %s, want sent", rid, addr, status)
 		case c == 0:
 			t.Errorf("%s never received its message", addr)
-		case c > 2:
-			t.Errorf("%s received %d copies; at most one resend is allowed", addr, c)
-		case c == 2 && !inFlight[rid]:
-			t.Errorf("%s received twice but its row was not in flight at a kill", addr)
+		case c > 1+inFlight[rid]:
+			t.Errorf("%s received %d copies; its row was in flight at %d kills, so at most %d are allowed", addr, c, inFlight[rid], 1+inFlight[rid])
 		}
-		if c == 2 {
-			dups++
+		if c > 1 {
+			dups += c - 1
 		}
-		if amb != inFlight[rid] {
+		if amb != (inFlight[rid] > 0) {
 			t.Errorf("row %d (%s): ambiguous = %v, in flight at a kill = %v", rid, addr, amb, inFlight[rid])
 		}
 		if amb {
@@ -213,9 +214,13 @@ func sigkillWhileSending(t *testing.T, eng store.Engine) {
 	if total != n {
 		t.Fatalf("the sending log has %d rows, want %d", total, n)
 	}
-	if dups > len(inFlight) {
-		t.Errorf("%d recipients received twice, more than the %d messages in flight at the kills", dups, len(inFlight))
+	flights := 0 // messages in flight at the kills, a row counted once for each kill
+	for _, k := range inFlight {
+		flights += k
 	}
-	t.Logf("%d kills: %d messages received for %d recipients; %d in flight at the kills, %d rows ambiguous (%d of them received twice, %d once)",
-		kills, mail.Count(), n, len(inFlight), ambiguous, dups, ambiguousOnce)
+	if dups > flights {
+		t.Errorf("%d copies more than one a recipient, more than the %d messages in flight at the kills", dups, flights)
+	}
+	t.Logf("%d kills: %d messages received for %d recipients; %d in flight at the kills (%d rows), %d rows ambiguous (%d extra copies, %d ambiguous rows received once)",
+		kills, mail.Count(), n, flights, len(inFlight), ambiguous, dups, ambiguousOnce)
 }
