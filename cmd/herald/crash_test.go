@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -72,7 +73,7 @@ func inFlightAtKill(t *testing.T, db *store.DB) (ids []int64, leased string) {
 		inFlight = `SELECT j.value FROM in_flight f, json_each(f.log_ids) AS j UNION ` + inFlight
 		lease = `SELECT COUNT(*) FROM in_flight WHERE lease_owner = 'crash-node' AND lease_until > $1`
 	}
-	rows, err := db.Read.Query(inFlight)
+	rows, err := db.Read.Query(`SELECT * FROM (` + inFlight + `) AS f ORDER BY 1`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +146,17 @@ func sigkillWhileSending(t *testing.T, eng store.Engine) {
 		received := mail.Count()
 
 		ids, leased := inFlightAtKill(t, db)
+		// On PostgreSQL a transaction whose COMMIT the killed process had already sent still
+		// commits after the kill (an in-flight mark, a write-back): read until two reads 200 ms
+		// apart agree, so that the rows counted are those the restart will find.
+		for range 25 {
+			time.Sleep(200 * time.Millisecond)
+			again, l := inFlightAtKill(t, db)
+			if slices.Equal(again, ids) {
+				break
+			}
+			ids, leased = again, l
+		}
 		for _, rid := range ids {
 			inFlight[rid]++
 		}
