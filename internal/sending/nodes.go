@@ -49,14 +49,16 @@ func (e *Engine) heartbeat(ctx context.Context) error {
 		return fmt.Errorf("node heartbeat: %w", err)
 	}
 	e.nodesMu.Lock()
-	changed := others+1 != e.sharedWith
+	before := e.sharedWith
 	e.liveNodes, e.sharedWith = max(live, 1), others+1
 	e.nodesMu.Unlock()
-	if changed {
+	if others+1 != before {
 		if s, ok := e.cfg.Sender.(channel.Shared); ok {
 			s.SetShare(1 / float64(others+1))
 		}
-		e.log.Info("sending limits shared among the sending nodes", "node", e.cfg.NodeID, "share", fmt.Sprintf("1/%d", others+1))
+		if before != 0 || others > 0 { // not at a lone node's first beat
+			e.log.Info("sending limits shared among the sending nodes", "node", e.cfg.NodeID, "share", fmt.Sprintf("1/%d", others+1))
+		}
 	}
 	return nil
 }
