@@ -500,6 +500,17 @@ func TestRelayConnectionLimit(t *testing.T) {
 	s := smtptest.Start(t, smtptest.Options{MaxConns: 2})
 	clock := newFakeClock()
 	tr := newTestTransport(t, Options{Clock: clock, IdleTimeout: time.Hour}, plainRelay(s, 4))
+	// slow keeps the connections open busy answering DATA, so that the batch
+	// has messages left when the Send's other goroutines look for a
+	// connection: without it, two connections could take all twenty before
+	// those goroutines start, and never dial.
+	slow := func(first int) {
+		for i := range 20 {
+			s.Script(rcptN(first+i), smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Delay: 10 * time.Millisecond}))
+		}
+	}
+	slow(0)
+	slow(2000)
 	for round := range 4 {
 		out := send(t, tr, testMessages(20, func(i int) string { return rcptN(i + 100*round) }))
 		wantAll(t, out, channel.Sent)
