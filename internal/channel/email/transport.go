@@ -91,6 +91,38 @@ type pool struct {
 	open           int
 	connLimit      int
 	connLimitUntil time.Time
+	// dialing counts the connections being opened; dialed, when not nil, is
+	// closed when one of them is done (see waitDials).
+	dialing int
+	dialed  chan struct{}
+}
+
+// dialDone records that a connection being opened is done, opened or not.
+// p.mu is held.
+func (p *pool) dialDone() {
+	p.dialing--
+	if p.dialed != nil {
+		close(p.dialed)
+		p.dialed = nil
+	}
+}
+
+// waitDials waits, with p.mu held, while p has no connection open and others
+// are being opened: until one opens or every one fails. It returns with p.mu
+// held, early when ctx ends.
+func (p *pool) waitDials(ctx context.Context) {
+	for p.open == 0 && p.dialing > 0 && ctx.Err() == nil {
+		if p.dialed == nil {
+			p.dialed = make(chan struct{})
+		}
+		ch := p.dialed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		p.mu.Lock()
+	}
 }
 
 // connLimitFor is how long a relay that refused one more connection is used
@@ -351,13 +383,19 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 		<-p.slots
 		return nil, false, errRelayDown
 	}
+	p.mu.Lock()
+	p.dialing++
+	p.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, t.opts.DialTimeout)
 	defer cancel()
 	c, err = dial(dctx, &p.relay, t.opts.HelloName, t.opts.DialTimeout, t.opts.Timeout)
 	if err != nil {
 		<-p.slots
+		p.mu.Lock()
+		p.dialDone()
+		p.mu.Unlock()
 		if ctx.Err() == nil {
-			t.dialFailed(p, err)
+			t.dialFailed(ctx, p, err)
 		}
 		return nil, false, err
 	}
@@ -367,6 +405,7 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 	}
 	p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
 	p.open++
+	p.dialDone()
 	p.mu.Unlock()
 	return c, false, nil
 }
@@ -377,8 +416,19 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 // per-client connection limit, often "421 Too many connections"): p is used
 // with the connections it has for connLimitFor, instead of failing the
 // messages of the next batches as if the relay were down.
-func (t *Transport) dialFailed(p *pool, err error) {
+//
+// While none is open but others are being opened, which of the two it is
+// waits for them: a relay that limits connections refuses the extra ones
+// at once, often before the ones it took have finished their greeting,
+// EHLO and STARTTLS, and marking it down then would fail the batches of
+// concurrent Sends for nothing.
+func (t *Transport) dialFailed(ctx context.Context, p *pool, err error) {
 	p.mu.Lock()
+	p.waitDials(ctx)
+	if ctx.Err() != nil {
+		p.mu.Unlock()
+		return
+	}
 	open := p.open
 	if open > 0 {
 		first := p.connLimit != open || !t.clock.Now().Before(p.connLimitUntil)

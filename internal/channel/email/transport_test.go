@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -529,6 +530,32 @@ func TestRelayConnectionLimit(t *testing.T) {
 	wantAll(t, out, channel.Sent)
 	if s.Refused() == refused {
 		t.Errorf("no connection beyond the two was tried %v after the refusal", connLimitFor)
+	}
+}
+
+// TestRelayRefusalsBeforeTheFirstConnection: a relay that takes one connection
+// refuses the others at once, while the one it took is still greeting. Two
+// Sends at once (two workers' first batches) must both go out over that one
+// connection; marking the relay down at the first refusal failed the other
+// Send's batch with "no SMTP relay reachable".
+func TestRelayRefusalsBeforeTheFirstConnection(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{MaxConns: 1, GreetDelay: 200 * time.Millisecond})
+	var logs bytes.Buffer
+	tr := newTestTransport(t, Options{Clock: newFakeClock(), Logger: slog.New(slog.NewTextHandler(&logs, nil))}, plainRelay(s, 4))
+	outs := make([][]channel.Outcome, 2)
+	var wg sync.WaitGroup
+	for k := range outs {
+		wg.Go(func() { outs[k] = send(t, tr, testMessages(10, func(i int) string { return rcptN(i + 100*k) })) })
+	}
+	wg.Wait()
+	for _, out := range outs {
+		wantAll(t, out, channel.Sent)
+	}
+	if s.Refused() == 0 {
+		t.Fatal("the relay refused no connection: the test did not make the case")
+	}
+	if strings.Contains(logs.String(), "unreachable") {
+		t.Errorf("the relay was logged unreachable:\n%s", logs.String())
 	}
 }
 

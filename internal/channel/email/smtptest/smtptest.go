@@ -135,6 +135,10 @@ type Options struct {
 	// nothing for that long, with "421 4.4.2 Idle timeout" as Postfix's
 	// smtpd_timeout does: a client's pooled connection goes stale.
 	IdleTimeout time.Duration
+	// GreetDelay, when set, delays the greeting of each connection taken (not
+	// of those refused for MaxConns, which are answered at once), as a busy
+	// relay or a greet pause does.
+	GreetDelay time.Duration
 	// Sink runs a minimal, fast server for benchmarks instead of go-smtp's:
 	// it accepts and discards every message, only counting them, and
 	// ignores every other option.
@@ -509,11 +513,26 @@ func (l *countingListener) Accept() (net.Conn, error) {
 			}
 			c = &openConn{Conn: c, open: &l.s.open}
 		}
+		if d := l.s.opts.GreetDelay; d > 0 {
+			c = &slowGreetConn{Conn: c, delay: d}
+		}
 		if l.s.opts.NoPipelining {
 			return &noPipeliningConn{Conn: c}, nil
 		}
 		return c, nil
 	}
+}
+
+// slowGreetConn waits delay before its first write, the greeting.
+type slowGreetConn struct {
+	net.Conn
+	delay time.Duration
+	once  sync.Once
+}
+
+func (c *slowGreetConn) Write(p []byte) (int, error) {
+	c.once.Do(func() { time.Sleep(c.delay) })
+	return c.Conn.Write(p)
 }
 
 // openConn counts itself out of the open connections when closed.
