@@ -410,6 +410,45 @@ func TestRelayDownRetriesAndDropAfterDataIsAmbiguous(t *testing.T) {
 	})
 }
 
+// TestRefusedSenderRetries: a relay that refuses the envelope sender (AUTH
+// it wants, a sender it does not own) fails no recipient and quarantines no
+// address: the rows wait for a retry, and go out once the relay takes mail.
+func TestRefusedSenderRetries(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, 84*time.Hour)
+		refusing := smtptest.Start(t, smtptest.Options{})
+		refusing.RefuseSenders(smtptest.Action{Code: 550, Enhanced: "5.7.1", Text: "Sender address rejected: not owned by user"})
+		sw := &switchSender{}
+		sw.set(transport(t, refusing))
+		e := f.engine(t, sw, "n1", 10)
+		drain(t, e)
+		for _, a := range f.addrs {
+			r := f.row(t, a)
+			if r.status != "pending" || r.attempts != 1 || !strings.Contains(r.reason, "Sender address rejected") {
+				t.Fatalf("sender refused: %+v, want pending for a retry with the relay's answer", r)
+			}
+			if en, _ := f.quar.Get(context.Background(), quarantine.Email, a); en.Status != quarantine.StatusValid {
+				t.Errorf("a refused envelope sender changed %s's quarantine entry: %s", a, en.Status)
+			}
+		}
+		if s := f.state(t); s != delivery.Retrying {
+			t.Fatalf("sender refused: delivery is %s, want retrying", s)
+		}
+		srv := smtptest.Start(t, smtptest.Options{})
+		sw.set(transport(t, srv))
+		f.clk.Advance(15 * time.Minute)
+		drain(t, e)
+		for _, a := range f.addrs {
+			if r := f.row(t, a); r.status != "sent" || r.attempts != 2 {
+				t.Fatalf("after the relay took the sender: %+v, want sent at attempt 2", r)
+			}
+		}
+		if s := f.state(t); s != delivery.Finished {
+			t.Fatalf("delivery is %s, want finished", s)
+		}
+	})
+}
+
 func TestSoftFailuresExpireAtValidity(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 1, time.Hour)

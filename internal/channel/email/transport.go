@@ -95,6 +95,11 @@ type pool struct {
 	// closed when one of them is done (see waitDials).
 	dialing int
 	dialed  chan struct{}
+	// refusing says the relay's last answer to MAIL FROM refused the envelope
+	// sender (see senderRefused): it is skipped like a relay that is down,
+	// and a connection opened does not end its back-off; a sender it takes
+	// again does.
+	refusing atomic.Bool
 }
 
 // dialDone records that a connection being opened is done, opened or not.
@@ -327,6 +332,9 @@ func (t *Transport) work(ctx context.Context, p *pool, b *batch) {
 			err = t.runLockstep(ctx, p, c, b, reused)
 		}
 		switch {
+		case errors.Is(err, errSenderRefused):
+			t.discard(p, c, true) // the connection is sound; the relay will not take our mail
+			return
 		case err != nil || c.broken:
 			t.discard(p, c, false)
 		case p.relay.MaxPerConn > 0 && c.sent >= p.relay.MaxPerConn:
@@ -400,10 +408,12 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 		return nil, false, err
 	}
 	p.mu.Lock()
-	if p.failures > 0 {
-		t.log.Info("smtp relay is back", "relay", p.relay.String())
+	if !p.refusing.Load() {
+		if p.failures > 0 {
+			t.log.Info("smtp relay is back", "relay", p.relay.String())
+		}
+		p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
 	}
-	p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
 	p.open++
 	p.dialDone()
 	p.mu.Unlock()
@@ -445,6 +455,12 @@ func (t *Transport) dialFailed(ctx context.Context, p *pool, err error) {
 }
 
 func (t *Transport) markDown(p *pool, err error) {
+	t.skip(p, err, "smtp relay unreachable, skipping it")
+}
+
+// skip puts p in back-off after err, unless another connection's failure
+// just did, and logs msg.
+func (t *Transport) skip(p *pool, err error, msg string) {
 	now := t.clock.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -457,7 +473,50 @@ func (t *Transport) markDown(p *pool, err error) {
 		backoff = t.opts.BackoffMax
 	}
 	p.downUntil, p.lastErr = now.Add(backoff), err
-	t.log.Warn("smtp relay unreachable, skipping it", "relay", p.relay.String(), "error", err, "retry_in", backoff)
+	t.log.Warn(msg, "relay", p.relay.String(), "error", err, "retry_in", backoff)
+}
+
+// errSenderRefused ends a connection's run when its relay refused the
+// envelope sender.
+var errSenderRefused = errors.New("the relay refused the envelope sender")
+
+// senderRefused reports whether o, the answer to MAIL FROM, refuses the
+// envelope sender for good whatever the message: a sender address or domain
+// the relay does not take, AUTH it requires, a policy. That is about Herald's
+// configuration, not the recipient, and failing each message for it would
+// fail a whole delivery in seconds. A message too big (552, X.3.4) is the
+// message's own.
+func senderRefused(o channel.Outcome) bool {
+	return o.Status == channel.HardFail && o.Code != 552 && !strings.HasSuffix(o.Enhanced, ".3.4")
+}
+
+// refuseSender handles the relay's refusal o of message i's envelope sender:
+// the message goes to another connection (another relay's, or a retry
+// later), the relay is skipped for a back-off, and the run ends with
+// errSenderRefused.
+func (t *Transport) refuseSender(p *pool, b *batch, i int, o channel.Outcome) error {
+	err := &ReplyError{Step: "MAIL FROM", Code: o.Code, Enhanced: o.Enhanced, Text: o.Text}
+	t.done(b, i)
+	// Code 0: the answer says nothing of the recipient (no quarantine), and the
+	// text keeps it.
+	b.requeue(i, softFail(err), false)
+	p.refusing.Store(true)
+	t.skip(p, err, "smtp relay refuses the envelope sender, skipping it")
+	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errSenderRefused, err)
+}
+
+// senderTaken records that p took an envelope sender, ending a back-off for
+// refusing one.
+func (t *Transport) senderTaken(p *pool) {
+	if !p.refusing.Load() {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.refusing.Swap(false) {
+		t.log.Info("smtp relay takes the envelope sender again", "relay", p.relay.String())
+		p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
+	}
 }
 
 func (t *Transport) put(p *pool, c *conn) {
@@ -702,9 +761,15 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 				failed, failure, stage = true, outcome(code, c.text), k
 			}
 		}
+		if !failed || stage > 0 {
+			t.senderTaken(p)
+		}
 		if !failed {
 			body, bodyEnd = i, c.writeData(b.msgs[i].Data, b.msgs[i].Plain)
 			continue
+		}
+		if stage == 0 && data != 354 && senderRefused(failure) {
+			return t.refuseSender(p, b, i, failure)
 		}
 		if stage == 1 {
 			t.feedback(b.msgs[i].To, failure.Code)
@@ -768,10 +833,16 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			}
 			replies++
 			if code/100 == 2 && s.want == 250 || code == s.want {
+				if k == 0 {
+					t.senderTaken(p)
+				}
 				continue
 			}
 			o := outcome(code, c.text)
 			failure = &o
+			if k == 0 && senderRefused(o) {
+				return t.refuseSender(p, b, i, o)
+			}
 			if k == 1 {
 				t.feedback(m.To, code)
 			}

@@ -559,6 +559,86 @@ func TestRelayRefusalsBeforeTheFirstConnection(t *testing.T) {
 	}
 }
 
+// TestSenderRefused: a relay that refuses the envelope sender for good (a
+// sender it does not own, AUTH it wants) refuses it whoever the recipient,
+// so no message fails for it: each is a soft failure, retried later, and the
+// relay is skipped like one that is down until it takes a sender again.
+func TestSenderRefused(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			s.RefuseSenders(smtptest.Action{Code: 553, Enhanced: "5.7.1", Text: "Sender address rejected: not owned by user"})
+			clock := newFakeClock()
+			var logs bytes.Buffer
+			tr := newTestTransport(t, Options{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, plainRelay(s, 4))
+			out := send(t, tr, testMessages(20, rcptN))
+			for i := range out {
+				wantStatus(t, out, i, channel.SoftFail)
+				if out[i].Code != 0 || !strings.Contains(out[i].Text, "553 5.7.1 Sender address rejected") {
+					t.Errorf("out[%d] = %+v; want code 0 and the relay's answer in the text", i, out[i])
+				}
+			}
+			if n := s.SenderRefusals(); n < 1 || n > 4 {
+				t.Errorf("%d MAIL FROM refused; want one for each connection at most", n)
+			}
+			if !strings.Contains(logs.String(), "refuses the envelope sender") {
+				t.Errorf("no warning logged:\n%s", logs.String())
+			}
+
+			// Skipped during its back-off, even when a connection to it opens.
+			refusals := s.SenderRefusals()
+			out = send(t, tr, testMessages(5, rcptN))
+			wantAll(t, out, channel.SoftFail)
+			if s.SenderRefusals() != refusals {
+				t.Error("the relay was tried during its back-off")
+			}
+
+			// Back after it, when the relay takes the sender again.
+			s.RefuseSenders(smtptest.Action{})
+			clock.Advance(time.Minute)
+			out = send(t, tr, testMessages(20, func(i int) string { return rcptN(i + 100) }))
+			wantAll(t, out, channel.Sent)
+			if s.Count() != 20 {
+				t.Errorf("server accepted %d, want 20", s.Count())
+			}
+		})
+	}
+}
+
+// TestSenderRefusedFailover: messages a relay refused for its sender go out
+// through another relay in the same Send.
+func TestSenderRefusedFailover(t *testing.T) {
+	refusing := smtptest.Start(t, smtptest.Options{})
+	refusing.RefuseSenders(smtptest.Action{Code: 530, Enhanced: "5.7.0", Text: "Authentication required"})
+	good := smtptest.Start(t, smtptest.Options{})
+	tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(refusing, 4), plainRelay(good, 4))
+	msgs := testMessages(40, rcptN)
+	out := send(t, tr, msgs)
+	wantAll(t, out, channel.Sent)
+	checkReceived(t, good, msgs, out)
+	if refusing.SenderRefusals() == 0 {
+		t.Error("the refusing relay was never tried: the test did not make the case")
+	}
+}
+
+// TestMessageTooBigAtMail: 552 to MAIL FROM (its SIZE parameter) is about the
+// message, which fails; the relay is not skipped.
+func TestMessageTooBigAtMail(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	s.RefuseSenders(smtptest.Action{Code: 552, Enhanced: "5.3.4", Text: "Message size exceeds fixed limit"})
+	tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(s, 2))
+	out := send(t, tr, testMessages(6, rcptN))
+	for i := range out {
+		wantStatus(t, out, i, channel.HardFail)
+		if out[i].Code != 552 {
+			t.Errorf("out[%d].Code = %d, want 552", i, out[i].Code)
+		}
+	}
+	if s.SenderRefusals() != 6 {
+		t.Errorf("%d MAIL FROM answered 552, want 6 (one a message, the relay not skipped)", s.SenderRefusals())
+	}
+}
+
 func TestAllRelaysDown(t *testing.T) {
 	dead, _ := deadRelay(t)
 	tr := newTestTransport(t, Options{Clock: newFakeClock()},

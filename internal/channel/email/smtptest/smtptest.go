@@ -149,21 +149,24 @@ type Options struct {
 
 // Server is a running in-process SMTP server.
 type Server struct {
-	opts    Options
-	srv     *smtp.Server
-	sink    *sink
-	ln      net.Listener
-	done    chan struct{}
-	count   atomic.Int64
-	conns   atomic.Int64
-	open    atomic.Int64 // connections open now, with MaxConns
-	refused atomic.Int64 // connections refused for MaxConns
-	nextID  atomic.Int64
+	opts        Options
+	srv         *smtp.Server
+	sink        *sink
+	ln          net.Listener
+	done        chan struct{}
+	count       atomic.Int64
+	conns       atomic.Int64
+	open        atomic.Int64 // connections open now, with MaxConns
+	refused     atomic.Int64 // connections refused for MaxConns
+	mailRefused atomic.Int64 // MAIL FROM commands refused for RefuseSenders
+	nextID      atomic.Int64
 
-	mu       sync.Mutex
-	msgs     []Message
-	scripts  map[string]Script
-	attempts map[string]int
+	mu      sync.Mutex
+	msgs    []Message
+	scripts map[string]Script
+	// mailRefusal, when its Code is set, answers every MAIL FROM.
+	mailRefusal Action
+	attempts    map[string]int
 	// active and maxActive count, per recipient domain, the transactions
 	// with an accepted recipient there that have not had their final reply.
 	active, maxActive map[string]int
@@ -252,6 +255,21 @@ func (s *Server) Script(rcpt string, sc Script) {
 	defer s.mu.Unlock()
 	s.scripts[rcpt] = sc
 }
+
+// RefuseSenders makes the server answer every MAIL FROM with a's Code,
+// Enhanced and Text, as a relay that does not take mail from the envelope
+// sender answers ("553 5.7.1 Sender address rejected: not owned by user");
+// the zero Action takes senders again. Sessions count as refused MAIL
+// commands in SenderRefusals.
+func (s *Server) RefuseSenders(a Action) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mailRefusal = a
+}
+
+// SenderRefusals returns the number of MAIL FROM commands refused by
+// RefuseSenders.
+func (s *Server) SenderRefusals() int64 { return s.mailRefused.Load() }
 
 // Count returns the number of messages accepted so far (also in Sink mode).
 func (s *Server) Count() int64 { return s.count.Load() }
@@ -380,6 +398,13 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 		// As Postfix and Exim answer (RFC 5321 section 4.1.4): a client must end
 		// or reset a transaction before starting another.
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "nested MAIL command"}
+	}
+	se.s.mu.Lock()
+	refusal := se.s.mailRefusal
+	se.s.mu.Unlock()
+	if refusal.Code != 0 {
+		se.s.mailRefused.Add(1)
+		return smtpError(refusal)
 	}
 	se.from, se.inMail = from, true
 	return nil
