@@ -168,6 +168,12 @@ func parseDomainEntries(s, want string, set func(dom, value string) error) error
 			if err := profile.CheckDomain(dom); err != nil {
 				return fmt.Errorf("%s: %q is not a domain name (or * for every other domain): %w", where, dom, err)
 			}
+			// Messages go to an internationalised domain in its ASCII form.
+			env, _, err := email.EnvelopeAddress("x@" + dom)
+			if err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+			dom = env[2:]
 		}
 		if seen[dom] {
 			return fmt.Errorf("%s: %s is capped twice", where, dom)

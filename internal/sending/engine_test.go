@@ -449,6 +449,45 @@ func TestRefusedSenderRetries(t *testing.T) {
 	})
 }
 
+// TestInternationalisedAddresses: a recipient at an internationalised domain gets the message
+// at the domain's ASCII form, which every server takes; one with a local part beyond ASCII
+// gets it over SMTPUTF8. The sending log keeps the addresses as the profiles have them. (Both
+// failed as "the message could not be built" before.)
+func TestInternationalisedAddresses(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, 84*time.Hour)
+		idn := []string{"anna@bücher.de", "jörg@bücher.de"}
+		for i, a := range idn {
+			if _, err := db.Write.Exec(`UPDATE sending_log SET address = $1 WHERE address = $2`, a, f.addrs[i]); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.Write.Exec(`UPDATE profiles SET email = $1, email_key = $1, email_domain = 'bücher.de' WHERE email = $2`, a, f.addrs[i]); err != nil {
+				t.Fatal(err)
+			}
+			f.addrs[i] = a
+		}
+		srv := smtptest.Start(t, smtptest.Options{SMTPUTF8: true})
+		e := f.engine(t, transport(t, srv), "n1", 10)
+		drain(t, e)
+		for _, a := range f.addrs {
+			if r := f.row(t, a); r.status != "sent" {
+				t.Fatalf("%s: %+v, want sent", a, r)
+			}
+		}
+		want := map[string]bool{"anna@xn--bcher-kva.de": false, "jörg@xn--bcher-kva.de": true, f.addrs[2]: false}
+		got := map[string]bool{}
+		for _, m := range srv.Messages() {
+			got[m.To[0]] = m.UTF8
+			if !strings.Contains(string(m.Data), "\r\nTo: <"+m.To[0]+">\r\n") {
+				t.Errorf("message to %s: the To header is not its envelope address", m.To[0])
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("server received (address: SMTPUTF8) %v, want %v", got, want)
+		}
+	})
+}
+
 func TestSoftFailuresExpireAtValidity(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 1, time.Hour)
@@ -1053,12 +1092,13 @@ func TestLeaseRenewedWhileSendIsSlow(t *testing.T) {
 }
 
 func TestParseDomainLimits(t *testing.T) {
-	l, err := ParseDomainLimits(" Gmail.com=50, yahoo.co.uk = 2.5 ,*=200,Bücher.de=3,xn--bcher-kva.de=4")
+	// An internationalised domain is keyed by its ASCII form, which messages go to.
+	l, err := ParseDomainLimits(" Gmail.com=50, yahoo.co.uk = 2.5 ,*=200,Bücher.de=3,xn--mnchen-3ya.de=4")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if l.Default != 200 || len(l.Rates) != 4 || l.Rates["gmail.com"] != 50 || l.Rates["yahoo.co.uk"] != 2.5 ||
-		l.Rates["bücher.de"] != 3 || l.Rates["xn--bcher-kva.de"] != 4 {
+		l.Rates["xn--bcher-kva.de"] != 3 || l.Rates["xn--mnchen-3ya.de"] != 4 {
 		t.Fatalf("got %+v", l)
 	}
 	// The limiter caps what was parsed: gmail.com at 50 a second, so its 6th message at once waits.
@@ -1082,6 +1122,7 @@ func TestParseDomainLimits(t *testing.T) {
 		{"a..com=5", `"a..com" is not a domain name`},
 		{"a.com=5,A.com=6", `entry 2 "A.com=6": a.com is capped twice`},
 		{"*=5,*=6", `entry 2 "*=6": * is capped twice`},
+		{"bücher.de=5,xn--bcher-kva.de=6", `entry 2 "xn--bcher-kva.de=6": xn--bcher-kva.de is capped twice`},
 	} {
 		_, err := ParseDomainLimits(c.in)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

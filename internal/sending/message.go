@@ -306,6 +306,11 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 			b.failed = append(b.failed, failedRow{row, "the profile no longer exists"})
 			continue
 		}
+		to, _, err := email.EnvelopeAddress(row.address)
+		if err != nil {
+			b.failed = append(b.failed, failedRow{row, err.Error()})
+			continue
+		}
 		var opts content.RenderOptions
 		var unsubURL, mailto string
 		if e.cfg.Links != nil {
@@ -341,7 +346,7 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 		em := email.Email{
 			From:                  email.Address{Name: msg.FromName, Addr: msg.FromAddress},
 			ReplyTo:               email.Address{Addr: msg.ReplyTo},
-			To:                    email.Address{Addr: row.address},
+			To:                    email.Address{Addr: to},
 			MessageID:             messageID,
 			Subject:               msg.Subject,
 			HTML:                  msg.HTML,
@@ -357,7 +362,7 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 			continue
 		}
 		b.rows = append(b.rows, row)
-		b.msgs = append(b.msgs, channel.Message{ID: row.id, To: row.address, From: from, Data: w.buf[start:len(w.buf):len(w.buf)], Plain: true})
+		b.msgs = append(b.msgs, channel.Message{ID: row.id, To: to, From: from, Data: w.buf[start:len(w.buf):len(w.buf)], Plain: true})
 	}
 	b.out = make([]channel.Outcome, len(b.msgs))
 	return b, nil

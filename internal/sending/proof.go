@@ -29,10 +29,14 @@ func (p *ProofSender) SendProofs(ctx context.Context, d delivery.Delivery, msgs 
 	out := make([]channel.Outcome, len(msgs))
 	batch := make([]channel.Message, len(msgs))
 	for i, m := range msgs {
+		to, _, err := email.EnvelopeAddress(m.To)
+		if err != nil {
+			return problem.Invalidf("to", "the proof cannot be sent: %v", err)
+		}
 		data, err := p.Composer.Build(nil, &email.Email{
 			From:    email.Address{Name: m.FromName, Addr: m.FromAddress},
 			ReplyTo: email.Address{Addr: m.ReplyTo},
-			To:      email.Address{Addr: m.To},
+			To:      email.Address{Addr: to},
 			Subject: m.Subject,
 			Text:    []byte(m.Text),
 			HTML:    []byte(m.HTML),
@@ -41,7 +45,7 @@ func (p *ProofSender) SendProofs(ctx context.Context, d delivery.Delivery, msgs 
 		if err != nil {
 			return problem.Invalidf("content", "the proof for %s cannot be built: %v", m.To, err)
 		}
-		batch[i] = channel.Message{To: m.To, From: m.FromAddress, Data: data, Plain: true}
+		batch[i] = channel.Message{To: to, From: m.FromAddress, Data: data, Plain: true}
 	}
 	if err := p.Sender.Send(ctx, batch, out); err != nil {
 		return fmt.Errorf("send proofs of delivery %d: %w", d.ID, err)

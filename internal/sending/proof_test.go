@@ -20,7 +20,7 @@ func TestProofsGoOutThroughTheChannel(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		ctx := context.Background()
 		f := newFixture(t, db, 2, 84*time.Hour)
-		srv := smtptest.Start(t, smtptest.Options{})
+		srv := smtptest.Start(t, smtptest.Options{SMTPUTF8: true})
 		f.del.ProofSender = &ProofSender{Sender: transport(t, srv), Composer: &email.Composer{Domain: "herald.test"}}
 		maker := auth.Principal{UserID: 0, Login: "maker", Roles: auth.Roles{auth.PrepareDeliveries}}
 		before := f.count(t, `1 = 1`)
@@ -50,6 +50,13 @@ func TestProofsGoOutThroughTheChannel(t *testing.T) {
 		}
 		if after := f.count(t, `1 = 1`); after != before {
 			t.Fatalf("a proof wrote sending-log rows: %d → %d", before, after)
+		}
+		// A reviewer at an internationalised domain gets it at the domain's ASCII form.
+		if _, err := f.del.Proof(ctx, maker, f.id, []string{"prüfer@agentür.example"}); err != nil {
+			t.Fatalf("proof to an internationalised address: %v", err)
+		}
+		if m := srv.Messages(); len(m) != 3 || m[2].To[0] != "prüfer@xn--agentr-7ya.example" || !m[2].UTF8 {
+			t.Fatalf("proof to an internationalised address arrived as %+v", m[len(m)-1].To)
 		}
 		// A refused address fails the proof with the server's words.
 		srv.Script("refused@agency.example", smtptest.Always(smtptest.Action{Code: 550, Enhanced: "5.1.1", Text: "no such user"}))

@@ -30,6 +30,7 @@ type conn struct {
 
 	pipelining bool
 	starttls   bool
+	smtputf8   bool // RFC 6531: internationalised addresses
 	size       int64
 	auth       []string
 
@@ -208,7 +209,7 @@ func (c *conn) handshake(ctx context.Context, nc net.Conn, r *Relay, helo string
 }
 
 func (c *conn) ehlo(helo string) error {
-	c.pipelining, c.starttls, c.size, c.auth = false, false, 0, nil
+	c.pipelining, c.starttls, c.smtputf8, c.size, c.auth = false, false, false, 0, nil
 	err := c.cmd("EHLO", 250, "EHLO "+helo)
 	var re *ReplyError
 	if errors.As(err, &re) && re.Code >= 500 {
@@ -229,6 +230,8 @@ func (c *conn) ehlo(helo string) error {
 			c.pipelining = true
 		case "STARTTLS":
 			c.starttls = true
+		case "SMTPUTF8":
+			c.smtputf8 = true
 		case "SIZE":
 			if len(f) > 1 {
 				c.size, _ = strconv.ParseInt(f[1], 10, 64)
@@ -293,7 +296,11 @@ func (c *conn) quit() {
 func (c *conn) writeEnvelope(from, to string) {
 	c.w.WriteString("MAIL FROM:<")
 	c.w.WriteString(from)
-	c.w.WriteString(">\r\nRCPT TO:<")
+	c.w.WriteString(">")
+	if needsUTF8(from, to) {
+		c.w.WriteString(" SMTPUTF8")
+	}
+	c.w.WriteString("\r\nRCPT TO:<")
 	c.w.WriteString(to)
 	c.w.WriteString(">\r\nDATA\r\n")
 }

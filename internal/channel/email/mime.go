@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Address is a mailbox with an optional display name.
@@ -32,6 +33,8 @@ type Header struct {
 type Email struct {
 	From    Address
 	ReplyTo Address // Addr "" for none
+	// To is the recipient: its domain in ASCII (see EnvelopeAddress), its
+	// local part may be UTF-8 (RFC 6532), for a relay that offers SMTPUTF8.
 	To      Address
 	Subject string // any UTF-8; encoded per RFC 2047 when not plain ASCII
 	// Date is the Date header; zero means the Composer clock's now.
@@ -128,11 +131,11 @@ func (c *Composer) Build(dst []byte, e *Email) ([]byte, error) {
 	start := len(dst)
 	var err error
 	h := headerWriter{b: dst}
-	h.address("From", e.From, &err)
+	h.address("From", e.From, false, &err)
 	if e.ReplyTo.Addr != "" {
-		h.address("Reply-To", e.ReplyTo, &err)
+		h.address("Reply-To", e.ReplyTo, false, &err)
 	}
-	h.address("To", e.To, &err)
+	h.address("To", e.To, true, &err)
 	h.text("Subject", e.Subject, &err)
 	h.b = append(h.b, "Date: "...)
 	h.b = c.appendDate(h.b, date)
@@ -321,6 +324,21 @@ func safeToken(s string) bool {
 	return true
 }
 
+// safeUTF8Address reports an address with a UTF-8 local part and an ASCII
+// domain (RFC 6532), safe to write in a header as it is.
+func safeUTF8Address(s string) bool {
+	at := strings.LastIndexByte(s, '@')
+	if at <= 0 || len(s) > 900 || !utf8.ValidString(s[:at]) || !safeToken(s[at:]) {
+		return false
+	}
+	for _, r := range s[:at] {
+		if r <= ' ' || r == 0x7f || r == '<' || r == '>' || (r >= 0x80 && r < 0xa0) {
+			return false
+		}
+	}
+	return true
+}
+
 func validName(s string) bool {
 	if s == "" {
 		return false
@@ -404,8 +422,12 @@ func longWord(s string) bool {
 }
 
 // address writes a mailbox field: "Name" <addr>.
-func (h *headerWriter) address(name string, a Address, errp *error) {
-	if !safeToken(a.Addr) || !strings.Contains(a.Addr, "@") {
+func (h *headerWriter) address(name string, a Address, utf8Local bool, errp *error) {
+	ok := safeToken(a.Addr)
+	if !ok && utf8Local {
+		ok = safeUTF8Address(a.Addr)
+	}
+	if !ok || !strings.Contains(a.Addr, "@") {
 		*errp = fmt.Errorf("%w: %s address %q", ErrHeaderValue, name, a.Addr)
 		return
 	}

@@ -557,7 +557,7 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy b
 			return -1
 		}
 		m := &b.msgs[i]
-		if o, bad := check(m, c.size); bad {
+		if o, bad := check(m, c); bad {
 			b.out[i] = o
 			continue
 		}
@@ -643,7 +643,7 @@ func domainOf(addr string) string {
 
 // check refuses messages that cannot be sent as they stand; the outcome
 // is a HardFail with Code 0, since no server answered.
-func check(m *channel.Message, size int64) (channel.Outcome, bool) {
+func check(m *channel.Message, c *conn) (channel.Outcome, bool) {
 	const bad = "\r\n<> \t\x00"
 	var reason string
 	switch {
@@ -653,8 +653,14 @@ func check(m *channel.Message, size int64) (channel.Outcome, bool) {
 		reason = fmt.Sprintf("invalid envelope sender %q", m.From)
 	case len(m.Data) == 0:
 		reason = "empty message"
-	case size > 0 && int64(len(m.Data)) > size:
-		reason = fmt.Sprintf("message of %d bytes exceeds the relay's limit of %d bytes", len(m.Data), size)
+	case c.size > 0 && int64(len(m.Data)) > c.size:
+		reason = fmt.Sprintf("message of %d bytes exceeds the relay's limit of %d bytes", len(m.Data), c.size)
+	case !c.smtputf8 && needsUTF8(m.From, m.To):
+		a := m.To
+		if ascii(a) {
+			a = m.From
+		}
+		reason = fmt.Sprintf("the internationalised address %q needs SMTPUTF8 (RFC 6531), which the relay does not offer", a)
 	default:
 		return channel.Outcome{}, false
 	}
@@ -816,7 +822,7 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 		steps := [...]struct {
 			line string
 			want int
-		}{{"MAIL FROM:<" + m.From + ">", 250}, {"RCPT TO:<" + m.To + ">", 250}, {"DATA", 354}}
+		}{{"MAIL FROM:<" + m.From + ">" + utf8Param(m.From, m.To), 250}, {"RCPT TO:<" + m.To + ">", 250}, {"DATA", 354}}
 		var failure *channel.Outcome
 		for k, s := range steps {
 			c.w.WriteString(s.line)

@@ -43,6 +43,8 @@ type Message struct {
 	TLS bool
 	// User is the authenticated user name, or "" without AUTH.
 	User string
+	// UTF8 reports MAIL FROM's SMTPUTF8 parameter (RFC 6531).
+	UTF8 bool
 }
 
 // Stage names the point of a transaction where a scripted Action answers.
@@ -139,6 +141,10 @@ type Options struct {
 	// of those refused for MaxConns, which are answered at once), as a busy
 	// relay or a greet pause does.
 	GreetDelay time.Duration
+	// SMTPUTF8 offers internationalised addresses (RFC 6531). An address
+	// beyond ASCII in a transaction without the SMTPUTF8 parameter is refused
+	// with 553 5.6.7 either way, as the RFC asks of servers.
+	SMTPUTF8 bool
 	// Sink runs a minimal, fast server for benchmarks instead of go-smtp's:
 	// it accepts and discards every message, only counting them, and
 	// ignores every other option.
@@ -212,6 +218,7 @@ func Listen(opts Options) (*Server, error) {
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = "smtptest.invalid"
+	srv.EnableSMTPUTF8 = opts.SMTPUTF8
 	srv.AllowInsecureAuth = opts.InsecureAuth
 	srv.ReadTimeout = opts.IdleTimeout
 	srv.ErrorLog = log.New(io.Discard, "", 0)
@@ -343,6 +350,7 @@ type session struct {
 	c       *smtp.Conn
 	user    string
 	from    string
+	utf8    bool // MAIL FROM had SMTPUTF8
 	inMail  bool // a transaction is open: MAIL accepted, not yet ended or reset
 	to      []string
 	actions []Action
@@ -390,7 +398,7 @@ func (se *session) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 	if se.s.opts.Users != nil && se.user == "" {
 		return smtp.ErrAuthRequired
 	}
@@ -406,11 +414,30 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 		se.s.mailRefused.Add(1)
 		return smtpError(refusal)
 	}
-	se.from, se.inMail = from, true
+	utf8 := opts != nil && opts.UTF8
+	if !utf8 && !asciiOnly(from) {
+		return errNeedsUTF8
+	}
+	se.from, se.utf8, se.inMail = from, utf8, true
 	return nil
 }
 
+// errNeedsUTF8 refuses an address beyond ASCII in a transaction without SMTPUTF8.
+var errNeedsUTF8 = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "non-ASCII address without SMTPUTF8"}
+
+func asciiOnly(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
 func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if !se.utf8 && !asciiOnly(to) {
+		return errNeedsUTF8
+	}
 	a := se.s.action(to)
 	if a.Stage == AtRcpt {
 		time.Sleep(a.Delay)
@@ -451,7 +478,7 @@ func (se *session) Data(r io.Reader) error {
 	_, isTLS := se.c.TLSConnectionState()
 	se.s.mu.Lock()
 	se.s.msgs = append(se.s.msgs, Message{
-		From: se.from, To: append([]string(nil), se.to...), Data: buf.Bytes(), TLS: isTLS, User: se.user,
+		From: se.from, To: append([]string(nil), se.to...), Data: buf.Bytes(), TLS: isTLS, User: se.user, UTF8: se.utf8,
 	})
 	se.s.mu.Unlock()
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as Q" + strconv.FormatInt(id, 10)}
@@ -461,7 +488,7 @@ func (se *session) Data(r io.Reader) error {
 // is where a DropAfterReply takes effect.
 func (se *session) Reset() {
 	se.s.leave(se)
-	se.from, se.to, se.actions, se.inMail = "", nil, nil, false
+	se.from, se.utf8, se.to, se.actions, se.inMail = "", false, nil, nil, false
 	if se.drop {
 		se.drop = false
 		se.c.Conn().Close()

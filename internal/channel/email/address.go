@@ -1,0 +1,54 @@
+package email
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
+)
+
+// EnvelopeAddress returns addr as it goes into the envelope and the To header: a domain with
+// letters beyond ASCII (an internationalised domain name, RFC 5890) in its ASCII form
+// ("bücher.de" becomes "xn--bcher-kva.de"), which every server takes, and an ASCII address as
+// it is. utf8Local reports a local part that is still not ASCII (RFC 6531): such a message can
+// only go to a relay that offers SMTPUTF8, and Send fails it where the relay does not.
+func EnvelopeAddress(addr string) (env string, utf8Local bool, err error) {
+	if ascii(addr) {
+		return addr, false, nil
+	}
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || !utf8.ValidString(addr) {
+		return "", false, fmt.Errorf("%q is not a valid email address", addr)
+	}
+	local, dom := addr[:at], addr[at+1:]
+	if !ascii(dom) {
+		a, err := idna.Lookup.ToASCII(dom)
+		if err != nil {
+			return "", false, fmt.Errorf("the domain of %q is not a valid internationalised domain name: %w", addr, err)
+		}
+		dom = a
+	}
+	return local + "@" + dom, !ascii(local), nil
+}
+
+// ascii reports whether s is all ASCII.
+func ascii(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// needsUTF8 reports an envelope that SMTPUTF8 must carry (RFC 6531).
+func needsUTF8(from, to string) bool { return !ascii(to) || !ascii(from) }
+
+// utf8Param is the MAIL FROM parameter an envelope needs: " SMTPUTF8" or "".
+func utf8Param(from, to string) string {
+	if needsUTF8(from, to) {
+		return " SMTPUTF8"
+	}
+	return ""
+}
