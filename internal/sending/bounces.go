@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/internal/bounce"
+	"github.com/heraldhq/herald/internal/channel/email"
 	"github.com/heraldhq/herald/internal/clock"
 	"github.com/heraldhq/herald/internal/problem"
 	"github.com/heraldhq/herald/internal/quarantine"
@@ -210,7 +211,7 @@ func (a *BounceApplier) Receive(ctx context.Context, envelopeTo []string, rep *b
 			// list others, e.g. a forwarding target), else take the first.
 			var mine []todo
 			for _, w := range work {
-				if strings.EqualFold(w.r.Recipient, row.address) {
+				if email.SameAddress(w.r.Recipient, row.address) {
 					mine = append(mine, w)
 				}
 			}
@@ -331,10 +332,18 @@ func (a *BounceApplier) findByRecipient(ctx context.Context, tx *sql.Tx, recipie
 	if err != nil {
 		return nil, store.ErrNotFound
 	}
+	// Reports name an internationalised domain in the ASCII form it was sent to; the profile
+	// may have it in Unicode.
+	ukey := key
+	if u := email.UnicodeAddress(recipient); u != recipient {
+		if k, err := quarantine.NormalizeAddress(quarantine.Email, u); err == nil {
+			ukey = k
+		}
+	}
 	return scanBounceRow(tx.QueryRowContext(ctx, `SELECT `+bounceRowColumns(a.db.Engine)+` FROM sending_log sl
 		JOIN deliveries d ON d.id = sl.delivery_id AND d.channel = 'email'
-		WHERE sl.profile_id IN (SELECT id FROM profiles WHERE email_key = $1) AND sl.sent_at >= $2
-		ORDER BY sl.sent_at DESC, sl.id DESC LIMIT 1`, key, now.Add(-BounceMatchWindow).UnixMilli()))
+		WHERE sl.profile_id IN (SELECT id FROM profiles WHERE email_key IN ($1, $3)) AND sl.sent_at >= $2
+		ORDER BY sl.sent_at DESC, sl.id DESC LIMIT 1`, key, now.Add(-BounceMatchWindow).UnixMilli(), ukey))
 }
 
 // failure applies a hard or soft bounce to r. It returns the event to emit (nil when nothing

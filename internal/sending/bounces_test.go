@@ -37,9 +37,16 @@ type bounceFixture struct {
 
 func newBounceFixture(t *testing.T, db *store.DB, n int) *bounceFixture {
 	t.Helper()
+	return newBounceFixtureWith(t, db, n, func(*fixture) {})
+}
+
+// newBounceFixtureWith is newBounceFixture with before changing the delivery before it is sent.
+func newBounceFixtureWith(t *testing.T, db *store.DB, n int, before func(*fixture)) *bounceFixture {
+	t.Helper()
 	ctx := context.Background()
 	f := &bounceFixture{fixture: newFixture(t, db, n, 84*time.Hour), sent: map[string]smtptest.Message{}}
-	srv := smtptest.Start(t, smtptest.Options{})
+	before(f.fixture)
+	srv := smtptest.Start(t, smtptest.Options{SMTPUTF8: true})
 	drain(t, f.engine(t, transport(t, srv), "n1", 10))
 	for _, m := range srv.Messages() {
 		f.sent[m.To[0]] = m
@@ -318,6 +325,50 @@ func TestBounceRules(t *testing.T) {
 		}
 		if after := f.snapshot(t, a1); !sameSnapshot(before, after) {
 			t.Errorf("a bounce older than the window matched: %+v", after.row)
+		}
+	})
+}
+
+// TestBouncesForInternationalisedDomains: reports name the recipient as it was sent, its
+// domain in ASCII form; the profile and the sending log have it in Unicode. Both the match by
+// recipient and the choice among a report's recipients see them as one address.
+func TestBouncesForInternationalisedDomains(t *testing.T) {
+	hard, soft := true, false
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newBounceFixtureWith(t, db, 2, func(f *fixture) {
+			for i, a := range []string{"anna@bücher.de", "jörg@bücher.de"} {
+				if _, err := db.Write.Exec(`UPDATE sending_log SET address = $1 WHERE address = $2`, a, f.addrs[i]); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := db.Write.Exec(`UPDATE profiles SET email = $1, email_key = $1, email_domain = 'bücher.de' WHERE email = $2`, a, f.addrs[i]); err != nil {
+					t.Fatal(err)
+				}
+				f.addrs[i] = a
+			}
+		})
+		ctx := context.Background()
+		if _, ok := f.sent["anna@xn--bcher-kva.de"]; !ok {
+			t.Fatalf("sent to %v", f.sent)
+		}
+		// By recipient: no return path, no Message-ID.
+		rep := &bounce.Report{Kind: bounce.KindDSN, Results: []bounce.Result{{Recipient: "anna@xn--bcher-kva.de",
+			Reason: bounce.ReasonUserUnknown, Hard: &hard, Action: "failed", Status: "5.1.1", ReplyCode: 550}}}
+		if err := f.applier.Receive(ctx, []string{"postmaster@bounce.example"}, rep); err != nil {
+			t.Fatal(err)
+		}
+		if s := f.snapshot(t, f.addrs[0]); s.row.failureType != "hard" || s.quarantine != quarantine.StatusQuarantine {
+			t.Fatalf("bounce naming the ASCII form: %+v, want the row failed hard and the address quarantined", s)
+		}
+		// By return path, the report listing another recipient first (a forwarding target).
+		rep = &bounce.Report{Kind: bounce.KindDSN, Results: []bounce.Result{
+			{Recipient: "forward@elsewhere.example", Reason: bounce.ReasonMailboxFull, Hard: &soft, Action: "failed", Status: "5.2.2", ReplyCode: 552},
+			{Recipient: "jörg@xn--bcher-kva.de", Reason: bounce.ReasonUserUnknown, Hard: &hard, Action: "failed", Status: "5.1.1", ReplyCode: 550},
+		}}
+		if err := f.applier.Receive(ctx, []string{f.rp.Bounce(f.logID(t, f.addrs[1]))}, rep); err != nil {
+			t.Fatal(err)
+		}
+		if s := f.snapshot(t, f.addrs[1]); s.row.failureType != "hard" || s.quarantine != quarantine.StatusQuarantine {
+			t.Fatalf("bounce by return path: %+v, want the result about the row's recipient (hard)", s)
 		}
 	})
 }

@@ -32,6 +32,33 @@ func EnvelopeAddress(addr string) (env string, utf8Local bool, err error) {
 	return local + "@" + dom, !ascii(local), nil
 }
 
+// SameAddress reports whether a and b name one mailbox as sent: equal but for
+// the case of ASCII letters once their domains are in ASCII form, so that a
+// report naming "anna@xn--bcher-kva.de" matches "anna@bücher.de".
+func SameAddress(a, b string) bool {
+	if strings.EqualFold(a, b) {
+		return true
+	}
+	ea, _, errA := EnvelopeAddress(a)
+	eb, _, errB := EnvelopeAddress(b)
+	return errA == nil && errB == nil && strings.EqualFold(ea, eb)
+}
+
+// UnicodeAddress returns addr with a domain in ASCII form that has A-labels
+// ("xn--bcher-kva.de") in its Unicode form ("bücher.de"), as profiles keep
+// it; any other address as it is.
+func UnicodeAddress(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || !strings.Contains(strings.ToLower(addr[at:]), "xn--") {
+		return addr
+	}
+	u, err := idna.Lookup.ToUnicode(addr[at+1:])
+	if err != nil {
+		return addr
+	}
+	return addr[:at+1] + u
+}
+
 // ascii reports whether s is all ASCII.
 func ascii(s string) bool {
 	for i := 0; i < len(s); i++ {
