@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -30,6 +31,10 @@ type conn struct {
 
 	pipelining bool
 	starttls   bool
+	// unverified, after an opportunistic STARTTLS, says why the server's
+	// certificate did not verify: the connection is encrypted but the
+	// server not authenticated.
+	unverified error
 	smtputf8   bool // RFC 6531: internationalised addresses
 	size       int64
 	auth       []string
@@ -188,7 +193,11 @@ func (c *conn) handshake(ctx context.Context, nc net.Conn, r *Relay, helo string
 			if err := c.cmd("STARTTLS", 220, "STARTTLS"); err != nil {
 				return err
 			}
-			tc := tls.Client(c.nc, r.tlsConfig())
+			cfg := r.tlsConfig()
+			if r.TLS == TLSOpportunistic {
+				cfg = opportunistic(cfg, &c.unverified)
+			}
+			tc := tls.Client(c.nc, cfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				return fmt.Errorf("starttls handshake: %w", err)
 			}
@@ -244,8 +253,9 @@ func (c *conn) ehlo(helo string) error {
 }
 
 func (c *conn) authenticate(r *Relay) error {
-	if _, isTLS := c.nc.(*tls.Conn); !isTLS && !isLoopback(r.Addr) {
-		return errors.New("refusing to send the relay password without TLS; use smtps:// or ?starttls=require")
+	_, isTLS := c.nc.(*tls.Conn)
+	if err := passwordAllowed(r.Addr, isTLS, c.unverified); err != nil {
+		return err
 	}
 	has := func(m string) bool {
 		for _, a := range c.auth {
@@ -269,6 +279,52 @@ func (c *conn) authenticate(r *Relay) error {
 		return c.cmd("AUTH", 235, base64.StdEncoding.EncodeToString([]byte(r.Password)))
 	}
 	return fmt.Errorf("server offers no AUTH mechanism Herald supports (PLAIN, LOGIN); it offers %q", c.auth)
+}
+
+// passwordAllowed says whether the relay password may go to addr over a
+// connection with TLS or not, whose certificate did not verify for the
+// reason unverified (nil when it did): only over TLS that authenticated the
+// server, or to this machine.
+func passwordAllowed(addr string, isTLS bool, unverified error) error {
+	switch {
+	case isLoopback(addr):
+		return nil
+	case !isTLS:
+		return errors.New("refusing to send the relay password without TLS; use smtps:// or ?starttls=require")
+	case unverified != nil:
+		return fmt.Errorf("refusing to send the relay password over TLS whose certificate does not verify (%w); "+
+			"give the relay a certificate for its name, or trust its CA with SSL_CERT_FILE", unverified)
+	}
+	return nil
+}
+
+// opportunistic returns cfg for an opportunistic STARTTLS: the server's
+// certificate is verified as usual, but one that does not verify is taken,
+// with the reason in *unverified, as Postfix's "may" level encrypts with any
+// certificate: a relay with a self-signed one (Debian's snakeoil) still gets
+// the message encrypted rather than not at all. A configuration that already
+// skips verification is left as it is.
+func opportunistic(cfg *tls.Config, unverified *error) *tls.Config {
+	if cfg.InsecureSkipVerify {
+		return cfg
+	}
+	cfg = cfg.Clone()
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			*unverified = errors.New("the server sent no certificate")
+			return nil
+		}
+		opts := x509.VerifyOptions{DNSName: cfg.ServerName, Roots: cfg.RootCAs, Intermediates: x509.NewCertPool()}
+		for _, ic := range cs.PeerCertificates[1:] {
+			opts.Intermediates.AddCert(ic)
+		}
+		if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+			*unverified = err
+		}
+		return nil
+	}
+	return cfg
 }
 
 func isLoopback(addr string) bool {

@@ -100,6 +100,9 @@ type pool struct {
 	// and a connection opened does not end its back-off; a sender it takes
 	// again does.
 	refusing atomic.Bool
+	// unverified says the last connection opened took a certificate that
+	// does not verify (opportunistic STARTTLS), to log the change once.
+	unverified bool
 }
 
 // dialDone records that a connection being opened is done, opened or not.
@@ -416,6 +419,15 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 	}
 	p.open++
 	p.dialDone()
+	if (c.unverified != nil) != p.unverified {
+		p.unverified = c.unverified != nil
+		if p.unverified {
+			t.log.Warn("smtp relay's certificate does not verify; sending encrypted without authenticating the relay (starttls=opportunistic; starttls=require refuses it)",
+				"relay", p.relay.String(), "error", c.unverified)
+		} else {
+			t.log.Info("smtp relay's certificate verifies", "relay", p.relay.String())
+		}
+	}
 	p.mu.Unlock()
 	return c, false, nil
 }

@@ -3,6 +3,7 @@ package email
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -739,6 +740,11 @@ func TestTLSAndAuth(t *testing.T) {
 			Relay{TLS: TLSRequired}, false, "STARTTLS", false},
 		{"untrusted certificate", smtptest.Options{TLSConfig: serverTLS},
 			Relay{TLS: TLSRequired}, false, "certificate", true},
+		// Opportunistic, as Postfix's "may": encrypted even when the certificate does not verify.
+		{"opportunistic, untrusted certificate", smtptest.Options{TLSConfig: serverTLS},
+			Relay{TLS: TLSOpportunistic}, true, "", true},
+		{"opportunistic, trusted certificate", smtptest.Options{TLSConfig: serverTLS},
+			Relay{TLS: TLSOpportunistic}, true, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := smtptest.Start(t, tc.opts)
@@ -765,6 +771,51 @@ func TestTLSAndAuth(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestOpportunisticTLSWarns: a relay whose certificate does not verify gets the
+// message encrypted under starttls=opportunistic, with one warning saying so.
+func TestOpportunisticTLSWarns(t *testing.T) {
+	serverTLS, _ := smtptest.SelfSigned(t)
+	s := smtptest.Start(t, smtptest.Options{TLSConfig: serverTLS})
+	var logs bytes.Buffer
+	tr := newTestTransport(t, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))},
+		Relay{Addr: s.Addr(), TLS: TLSOpportunistic, MaxConns: 2})
+	for round := range 2 {
+		out := send(t, tr, testMessages(6, func(i int) string { return rcptN(i + 10*round) }))
+		wantAll(t, out, channel.Sent)
+	}
+	for _, m := range s.Messages() {
+		if !m.TLS {
+			t.Fatal("a message went in clear text")
+		}
+	}
+	if n := strings.Count(logs.String(), "certificate does not verify"); n != 1 {
+		t.Errorf("%d warnings about the certificate, want 1:\n%s", n, logs.String())
+	}
+}
+
+// TestPasswordAllowed: the relay password goes only over TLS that authenticated the server,
+// or to this machine.
+func TestPasswordAllowed(t *testing.T) {
+	bad := errors.New("x509: certificate signed by unknown authority")
+	for _, tc := range []struct {
+		addr       string
+		tls        bool
+		unverified error
+		want       string
+	}{
+		{"smtp.example.com:587", true, nil, ""},
+		{"smtp.example.com:587", false, nil, "without TLS"},
+		{"smtp.example.com:587", true, bad, "does not verify (x509: certificate signed by unknown authority)"},
+		{"127.0.0.1:25", false, nil, ""},
+		{"localhost:25", true, bad, ""},
+	} {
+		err := passwordAllowed(tc.addr, tc.tls, tc.unverified)
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("passwordAllowed(%q, tls=%v, %v) = %v, want %q", tc.addr, tc.tls, tc.unverified, err, tc.want)
+		}
 	}
 }
 
