@@ -488,6 +488,39 @@ func TestInternationalisedAddresses(t *testing.T) {
 	})
 }
 
+// TestRelaySlowDownIsNoRetry: a relay that asks a burst to slow down at MAIL FROM costs the
+// recipients no try and no retry wait: the messages it turned away go back to the queue and
+// out at the relay's cut rate, and the delivery finishes without passing through retrying.
+func TestRelaySlowDownIsNoRetry(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 20, 84*time.Hour)
+		srv := smtptest.Start(t, smtptest.Options{})
+		// More refusals than a Send tries a message (3): each is turned away several times.
+		srv.RefuseNextSenders(50, smtptest.Action{Code: 421, Enhanced: "4.7.0", Text: "Too many messages, slow down"})
+		e := f.engine(t, transport(t, srv), "n1", 10)
+		drain(t, e)
+		for _, a := range f.addrs {
+			if r := f.row(t, a); r.status != "sent" || r.attempts != 1 {
+				t.Fatalf("%s: %+v, want sent at the first attempt", a, r)
+			}
+		}
+		if srv.SenderRefusals() != 50 {
+			t.Fatalf("the relay turned away %d, want 50", srv.SenderRefusals())
+		}
+		if s := f.state(t); s != delivery.Finished {
+			t.Fatalf("delivery is %s, want finished", s)
+		}
+		var retried int
+		if err := db.Read.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE action = 'delivery.retry' AND object_id = $1`,
+			strconv.FormatInt(f.id, 10)).Scan(&retried); err != nil {
+			t.Fatal(err)
+		}
+		if retried > 0 {
+			t.Errorf("the delivery went to retrying %d times", retried)
+		}
+	})
+}
+
 func TestSoftFailuresExpireAtValidity(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 1, time.Hour)

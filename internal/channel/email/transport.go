@@ -82,6 +82,8 @@ type pool struct {
 
 	mu        sync.Mutex
 	rate      bucket
+	share     float64 // this node's share of the relay's rate (channel.Shared)
+	throttle  relayThrottle
 	failures  int
 	downUntil time.Time
 	lastErr   error
@@ -197,6 +199,7 @@ func New(opts Options) (*Transport, error) {
 			slots: make(chan struct{}, r.MaxConns),
 			idle:  make(chan *conn, r.MaxConns),
 			rate:  newBucket(r.Rate, now),
+			share: 1,
 		})
 	}
 	return t, nil
@@ -213,9 +216,8 @@ func (t *Transport) SetShare(share float64) {
 	now := t.clock.Now()
 	for _, p := range t.pools {
 		p.mu.Lock()
-		if p.relay.Rate > 0 {
-			p.rate.setRate(p.relay.Rate*share, now)
-		}
+		p.share = share
+		p.applyRate(now)
 		p.mu.Unlock()
 	}
 	t.domains.SetShare(share)
@@ -597,9 +599,16 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy b
 			b.held[i] = true
 		}
 		wait := t.domains.Reserve(dom)
+		now := t.clock.Now()
 		p.mu.Lock()
-		wait = max(wait, p.rate.reserve(t.clock.Now()))
+		recovered := p.recovered(now)
+		wait = max(wait, p.rate.reserve(now))
+		p.throttle.meter.add(now)
+		rate := p.rate.rate
 		p.mu.Unlock()
+		if recovered {
+			t.log.Info("smtp relay quiet again; its rate is no longer cut", "relay", p.relay.String(), "rate", rate)
+		}
 		if wait == 0 {
 			return i
 		}
@@ -642,11 +651,44 @@ func (t *Transport) done(b *batch, i int) {
 	}
 }
 
-// feedback tells the domain limiter about a reply to a recipient.
-func (t *Transport) feedback(to string, code int) {
-	if isThrottle(code) {
-		t.domains.Throttle(domainOf(to))
+// feedback tells the limiters about a reply to a recipient over p: a
+// throttling code slows down the recipient's domain and, when several domains
+// answer one at once, the relay.
+func (t *Transport) feedback(p *pool, to string, code int) {
+	if !isThrottle(code) {
+		return
 	}
+	dom := domainOf(to)
+	t.domains.Throttle(dom)
+	p.mu.Lock()
+	relay := p.domainThrottled(dom, t.clock.Now())
+	p.mu.Unlock()
+	if relay {
+		t.throttleRelay(p, fmt.Sprintf("%d from recipients of %d domains within %v", code, relayThrottleDomains, relayThrottleWindow))
+	}
+}
+
+// throttleRelay cuts p's rate after the relay asked to slow down (see
+// relaythrottle.go).
+func (t *Transport) throttleRelay(p *pool, why string) {
+	p.mu.Lock()
+	r := p.throttled(t.clock.Now())
+	p.mu.Unlock()
+	if r > 0 {
+		t.log.Warn("smtp relay asks to slow down; its rate is cut", "relay", p.relay.String(), "rate", r, "answer", why)
+	}
+}
+
+// relayThrottled reports an answer to MAIL FROM that asks to slow down: the
+// relay's, since no recipient was named yet. Its message is given back
+// untried, to go at the relay's cut rate (or back to the queue, Deferred).
+func relayThrottled(stage int, o channel.Outcome) bool {
+	return stage == 0 && isThrottle(o.Code)
+}
+
+// slowDown is the outcome of a message the relay asked to send more slowly.
+func slowDown(o channel.Outcome) channel.Outcome {
+	return channel.Outcome{Status: channel.Deferred, Text: fmt.Sprintf("not attempted: the relay asked to slow down: %d %s %s", o.Code, o.Enhanced, o.Text)}
 }
 
 func domainOf(addr string) string {
@@ -734,7 +776,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			t.done(b, body)
 			if !lone {
 				b.out[body] = outcome(code, c.text)
-				t.feedback(b.msgs[body].To, code)
+				t.feedback(p, b.msgs[body].To, code)
 			}
 			body, lone = -1, false
 		}
@@ -790,7 +832,12 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			return t.refuseSender(p, b, i, failure)
 		}
 		if stage == 1 {
-			t.feedback(b.msgs[i].To, failure.Code)
+			t.feedback(p, b.msgs[i].To, failure.Code)
+		}
+		throttled := relayThrottled(stage, failure)
+		if throttled {
+			t.throttleRelay(p, fmt.Sprintf("%d %s %s", failure.Code, failure.Enhanced, failure.Text))
+			failure = slowDown(failure)
 		}
 		t.done(b, i)
 		if c.broken {
@@ -800,7 +847,11 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			b.requeue(i, failure, false)
 			return nil
 		}
-		b.out[i] = failure
+		if throttled {
+			b.requeue(i, failure, false)
+		} else {
+			b.out[i] = failure
+		}
 		if data == 354 {
 			// All recipients refused yet DATA accepted: end it with a lone
 			// dot (RFC 2920 section 3.1), which also ends the transaction.
@@ -862,7 +913,12 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 				return t.refuseSender(p, b, i, o)
 			}
 			if k == 1 {
-				t.feedback(m.To, code)
+				t.feedback(p, m.To, code)
+			}
+			if relayThrottled(k, o) {
+				t.throttleRelay(p, fmt.Sprintf("%d %s %s", o.Code, o.Enhanced, o.Text))
+				o = slowDown(o)
+				failure = &o
 			}
 			break
 		}
@@ -872,7 +928,11 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 				b.requeue(i, *failure, false)
 				return nil
 			}
-			b.out[i] = *failure
+			if failure.Status == channel.Deferred { // the relay asked to slow down
+				b.requeue(i, *failure, false)
+			} else {
+				b.out[i] = *failure
+			}
 			if err := c.cmd("RSET", 250, "RSET"); err != nil {
 				return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
 			}
@@ -895,7 +955,7 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 		}
 		replies++
 		b.out[i] = outcome(code, c.text)
-		t.feedback(m.To, code)
+		t.feedback(p, m.To, code)
 		if c.broken {
 			return nil
 		}

@@ -170,9 +170,11 @@ type Server struct {
 	mu      sync.Mutex
 	msgs    []Message
 	scripts map[string]Script
-	// mailRefusal, when its Code is set, answers every MAIL FROM.
-	mailRefusal Action
-	attempts    map[string]int
+	// mailRefusal, when its Code is set, answers MAIL FROM: every one, or
+	// the next mailRefusals when that is above 0.
+	mailRefusal  Action
+	mailRefusals int
+	attempts     map[string]int
 	// active and maxActive count, per recipient domain, the transactions
 	// with an accepted recipient there that have not had their final reply.
 	active, maxActive map[string]int
@@ -269,9 +271,15 @@ func (s *Server) Script(rcpt string, sc Script) {
 // the zero Action takes senders again. Sessions count as refused MAIL
 // commands in SenderRefusals.
 func (s *Server) RefuseSenders(a Action) {
+	s.RefuseNextSenders(0, a)
+}
+
+// RefuseNextSenders is RefuseSenders for the next n MAIL FROM commands only
+// (every one when n is 0), as a relay that asks a burst to slow down.
+func (s *Server) RefuseNextSenders(n int, a Action) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.mailRefusal = a
+	s.mailRefusal, s.mailRefusals = a, n
 }
 
 // SenderRefusals returns the number of MAIL FROM commands refused by
@@ -409,6 +417,11 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	se.s.mu.Lock()
 	refusal := se.s.mailRefusal
+	if se.s.mailRefusals > 0 {
+		if se.s.mailRefusals--; se.s.mailRefusals == 0 {
+			se.s.mailRefusal = Action{}
+		}
+	}
 	se.s.mu.Unlock()
 	if refusal.Code != 0 {
 		se.s.mailRefused.Add(1)

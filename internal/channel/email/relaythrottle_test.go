@@ -1,0 +1,180 @@
+package email
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldhq/herald/internal/channel"
+	"github.com/heraldhq/herald/internal/channel/email/smtptest"
+)
+
+func TestMeter(t *testing.T) {
+	var m meter
+	t0 := time.UnixMilli(1_000_000)
+	for i := range 50 {
+		m.add(t0.Add(time.Duration(i) * 20 * time.Millisecond)) // 50 a second, for a second
+	}
+	if r := m.rate(t0.Add(990 * time.Millisecond)); r != 50 {
+		t.Errorf("rate = %v, want 50", r)
+	}
+	if r := m.rate(t0.Add(1500 * time.Millisecond)); r < 20 || r > 30 {
+		t.Errorf("half a second later: rate = %v, want about 25", r)
+	}
+	if r := m.rate(t0.Add(3 * time.Second)); r != 0 {
+		t.Errorf("two seconds later: rate = %v, want 0", r)
+	}
+	// A young meter is not read low: 30 events in its first 300 ms are 100 a second.
+	var y meter
+	for i := range 30 {
+		y.add(t0.Add(time.Duration(i) * 10 * time.Millisecond))
+	}
+	if r := y.rate(t0.Add(290 * time.Millisecond)); r != 100 {
+		t.Errorf("young meter: rate = %v, want 100", r)
+	}
+}
+
+// TestRelayThrottleCutsAndRecovers: a throttled relay is cut to half what it sent at, halved
+// again at most once a second, doubled back after each quiet period, and freed when back
+// where it started; a configured rate (times the node's share) still binds.
+func TestRelayThrottleCutsAndRecovers(t *testing.T) {
+	now := time.UnixMilli(5_000_000)
+	p := &pool{share: 1, rate: newBucket(0, now)}
+	for i := range 80 { // 80 over the last second
+		p.throttle.meter.add(now.Add(-time.Duration(79-i) * 11 * time.Millisecond))
+	}
+	if r := p.throttled(now); r != 40 || p.rate.rate != 40 {
+		t.Fatalf("first cut: %v (bucket %v), want 40", r, p.rate.rate)
+	}
+	if r := p.throttled(now.Add(100 * time.Millisecond)); r != 0 || p.rate.rate != 40 {
+		t.Fatalf("a second answer within the debounce cut again: %v", p.rate.rate)
+	}
+	now = now.Add(throttleDebounce)
+	if p.throttled(now); p.rate.rate != 20 {
+		t.Fatalf("second cut: %v, want 20", p.rate.rate)
+	}
+	if p.recovered(now.Add(relayRecover - time.Second)) {
+		t.Fatal("recovered before a quiet period")
+	}
+	now = now.Add(relayRecover)
+	if p.recovered(now) || p.rate.rate != 40 {
+		t.Fatalf("after one quiet period: %v, want 40 and still cut", p.rate.rate)
+	}
+	now = now.Add(relayRecover)
+	if !p.recovered(now) || p.rate.rate != 0 || p.throttle.rate != 0 {
+		t.Fatalf("after two: bucket %v, throttle %v; want no limit", p.rate.rate, p.throttle.rate)
+	}
+
+	// With rate=100 shared by two nodes (50 here), sending at 50: cut to 25, freed at 50.
+	q := &pool{relay: Relay{Rate: 100}, share: 1, rate: newBucket(100, now)}
+	q.share = 0.5
+	q.applyRate(now)
+	for i := range 200 {
+		q.throttle.meter.add(now.Add(-time.Duration(199-i) * 4 * time.Millisecond))
+	}
+	if q.throttled(now); q.rate.rate != 25 {
+		t.Fatalf("shared configured rate: cut to %v, want 25", q.rate.rate)
+	}
+	if !q.recovered(now.Add(relayRecover)) || q.rate.rate != 50 {
+		t.Fatalf("recovered to %v, want the configured share of 50", q.rate.rate)
+	}
+	// Never below the floor.
+	for i := range 20 {
+		q.throttled(now.Add(time.Duration(i+2) * relayRecover))
+	}
+	if q.rate.rate != minRelayRate {
+		t.Errorf("cut to %v, want the floor of %v", q.rate.rate, minRelayRate)
+	}
+}
+
+func TestDomainThrottledTellsTheRelay(t *testing.T) {
+	now := time.UnixMilli(5_000_000)
+	p := &pool{share: 1}
+	if p.domainThrottled("a.example", now) || p.domainThrottled("a.example", now) || p.domainThrottled("b.example", now) {
+		t.Fatal("two domains made it the relay's")
+	}
+	later := now.Add(relayThrottleWindow + time.Millisecond)
+	if p.domainThrottled("c.example", later) || p.domainThrottled("d.example", later) {
+		t.Fatal("answers further apart than the window made it the relay's")
+	}
+	if !p.domainThrottled("e.example", later) {
+		t.Fatal("three domains within the window did not make it the relay's")
+	}
+}
+
+// TestRelaySlowDownAtMail: a relay answering 451 to MAIL FROM asks to slow down for itself:
+// its messages go back to the queue untried (Deferred, not soft failures that would wait for
+// a retry), its rate is cut with a warning, and it recovers once quiet.
+func TestRelaySlowDownAtMail(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			clock := newFakeClock()
+			var logs bytes.Buffer
+			// One try a message: the clock stands still, so a cut rate would make the
+			// tries wait in real time.
+			tr := newTestTransport(t, Options{Clock: clock, MaxAttempts: 1, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, plainRelay(s, 2))
+			wantAll(t, send(t, tr, testMessages(30, rcptN)), channel.Sent)
+
+			s.RefuseSenders(smtptest.Action{Code: 451, Enhanced: "4.7.1", Text: "too many messages, slow down"})
+			out := send(t, tr, testMessages(4, func(i int) string { return rcptN(i + 100) }))
+			for i := range out {
+				wantStatus(t, out, i, channel.Deferred)
+				if !strings.Contains(out[i].Text, "slow down") {
+					t.Errorf("out[%d].Text = %q", i, out[i].Text)
+				}
+			}
+			p := tr.pools[0]
+			p.mu.Lock()
+			cut, from := p.rate.rate, p.throttle.from
+			p.mu.Unlock()
+			if from <= 0 || cut != from/2 {
+				t.Errorf("relay rate after the 451s: %v, want half the %v a second it was sent at", cut, from)
+			}
+			if !strings.Contains(logs.String(), "asks to slow down") {
+				t.Errorf("no warning:\n%s", logs.String())
+			}
+
+			s.RefuseSenders(smtptest.Action{})
+			for range 10 {
+				clock.Advance(relayRecover)
+				out = send(t, tr, testMessages(1, func(int) string { return rcptN(200) }))
+				wantAll(t, out, channel.Sent)
+			}
+			p.mu.Lock()
+			free := p.rate.rate == 0
+			p.mu.Unlock()
+			if !free {
+				t.Error("the relay's rate was still cut after ten quiet periods")
+			}
+		})
+	}
+}
+
+// TestRelaySlowDownFromSeveralDomains: 450 from recipients of three domains at once is the
+// relay's answer, not theirs: the relay's rate is cut too. From one domain, only its own.
+func TestRelaySlowDownFromSeveralDomains(t *testing.T) {
+	for _, domains := range []int{1, 3} {
+		t.Run(fmt.Sprint(domains), func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{})
+			var msgs []channel.Message
+			for i := range domains {
+				to := fmt.Sprintf("user@d%d.example", i)
+				s.Script(to, smtptest.Always(smtptest.Action{Code: 450, Enhanced: "4.7.1", Text: "slow down"}))
+				msgs = append(msgs, channel.Message{To: to, From: "bounces@herald.test", Data: fmt.Appendf(nil, testBody, to, i)})
+			}
+			tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(s, 1))
+			wantAll(t, send(t, tr, msgs), channel.SoftFail) // refused for the recipient: retried later
+			p := tr.pools[0]
+			p.mu.Lock()
+			cut := p.throttle.rate > 0
+			p.mu.Unlock()
+			if cut != (domains >= relayThrottleDomains) {
+				t.Errorf("%d domains answering 450: relay cut = %v", domains, cut)
+			}
+		})
+	}
+}
