@@ -337,7 +337,10 @@ func TestHardFailureFailsAtOnceAndQuarantinesOnlyRecipientErrors(t *testing.T) {
 		f := newFixture(t, db, 3, 84*time.Hour)
 		srv := smtptest.Start(t, smtptest.Options{})
 		srv.Script(f.addrs[0], smtptest.Always(smtptest.Action{Code: 550, Enhanced: "5.1.1", Text: "no such user"}))
-		srv.Script(f.addrs[1], smtptest.Always(smtptest.Action{Code: 553, Enhanced: "5.1.8", Text: "sender domain refused"}))
+		// About Herald's side, not the address: the row fails, the address stays valid. (A
+		// refused envelope sender is neither: see TestRefusedSenderRetries.)
+		srv.Script(f.addrs[1], smtptest.Always(smtptest.Action{Code: 554, Enhanced: "5.7.1",
+			Text: "Service unavailable; Client host [192.0.2.7] blocked using zen.spamhaus.org"}))
 		e := f.engine(t, transport(t, srv), "n1", 10)
 		drain(t, e)
 		r := f.row(t, f.addrs[0])
@@ -347,11 +350,11 @@ func TestHardFailureFailsAtOnceAndQuarantinesOnlyRecipientErrors(t *testing.T) {
 		if en, _ := f.quar.Get(context.Background(), quarantine.Email, f.addrs[0]); en.Status != quarantine.StatusQuarantine {
 			t.Errorf("unknown user's address is %s, want quarantine", en.Status)
 		}
-		if r := f.row(t, f.addrs[1]); r.status != "failed" {
-			t.Fatalf("after a 553 5.1.8: %+v", r)
+		if r := f.row(t, f.addrs[1]); r.status != "failed" || !strings.HasPrefix(r.reason, "blocked") {
+			t.Fatalf("after a 554 5.7.1 blocked: %+v", r)
 		}
 		if en, _ := f.quar.Get(context.Background(), quarantine.Email, f.addrs[1]); en.Status != quarantine.StatusValid {
-			t.Errorf("a refused envelope sender quarantined the recipient: %s", en.Status)
+			t.Errorf("a block of Herald's host quarantined the recipient: %s", en.Status)
 		}
 		if s := f.state(t); s != delivery.Finished {
 			t.Fatalf("delivery is %s, want finished", s)
@@ -414,10 +417,24 @@ func TestRelayDownRetriesAndDropAfterDataIsAmbiguous(t *testing.T) {
 // it wants, a sender it does not own) fails no recipient and quarantines no
 // address: the rows wait for a retry, and go out once the relay takes mail.
 func TestRefusedSenderRetries(t *testing.T) {
+	for _, stage := range []string{"mail", "rcpt"} {
+		t.Run(stage, func(t *testing.T) { testRefusedSenderRetries(t, stage) })
+	}
+}
+
+// testRefusedSenderRetries refuses the sender at MAIL FROM, or at RCPT TO as Postfix does by
+// default (smtpd_delay_reject): "554 5.7.1 <sender>: Sender address rejected: Access denied".
+func testRefusedSenderRetries(t *testing.T, stage string) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 3, 84*time.Hour)
 		refusing := smtptest.Start(t, smtptest.Options{})
-		refusing.RefuseSenders(smtptest.Action{Code: 550, Enhanced: "5.7.1", Text: "Sender address rejected: not owned by user"})
+		if stage == "mail" {
+			refusing.RefuseSenders(smtptest.Action{Code: 550, Enhanced: "5.7.1", Text: "Sender address rejected: not owned by user"})
+		} else {
+			for _, a := range f.addrs {
+				refusing.Script(a, smtptest.Always(smtptest.Action{Code: 554, Enhanced: "5.7.1", Text: "<news@shop.example>: Sender address rejected: Access denied"}))
+			}
+		}
 		sw := &switchSender{}
 		sw.set(transport(t, refusing))
 		e := f.engine(t, sw, "n1", 10)
@@ -495,17 +512,26 @@ func TestRelaySlowDownIsNoRetry(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 20, 84*time.Hour)
 		srv := smtptest.Start(t, smtptest.Options{})
-		// More refusals than a Send tries a message (3): each is turned away several times.
-		srv.RefuseNextSenders(50, smtptest.Action{Code: 421, Enhanced: "4.7.0", Text: "Too many messages, slow down"})
-		e := f.engine(t, transport(t, srv), "n1", 10)
+		srv.RefuseNextSenders(5, smtptest.Action{Code: 421, Enhanced: "4.7.0", Text: "Too many messages, slow down"})
+		relays, err := email.ParseRelays("smtp://" + srv.Addr() + "?starttls=off")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One try a message within a Send: a message turned away leaves the Send at once.
+		tr, err := email.New(email.Options{Relays: relays, HelloName: "herald.test", MaxAttempts: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		e := f.engine(t, tr, "n1", 10)
 		drain(t, e)
 		for _, a := range f.addrs {
 			if r := f.row(t, a); r.status != "sent" || r.attempts != 1 {
 				t.Fatalf("%s: %+v, want sent at the first attempt", a, r)
 			}
 		}
-		if srv.SenderRefusals() != 50 {
-			t.Fatalf("the relay turned away %d, want 50", srv.SenderRefusals())
+		if srv.SenderRefusals() != 5 {
+			t.Fatalf("the relay turned away %d, want 5", srv.SenderRefusals())
 		}
 		if s := f.state(t); s != delivery.Finished {
 			t.Fatalf("delivery is %s, want finished", s)

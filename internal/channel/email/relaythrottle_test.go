@@ -178,3 +178,20 @@ func TestRelaySlowDownFromSeveralDomains(t *testing.T) {
 		})
 	}
 }
+
+// TestSendPacesWhenEverythingWaits: a Send whose every message would wait too long for a rate
+// limit holds on before returning them Deferred, so that a caller sending them again at once
+// does not spin; one that sent something returns at once.
+func TestSendPacesWhenEverythingWaits(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	r := plainRelay(s, 1)
+	r.Rate = 1
+	tr := newTestTransport(t, Options{Clock: newFakeClock(), MaxWait: 50 * time.Millisecond}, r)
+	wantAll(t, send(t, tr, testMessages(1, rcptN)), channel.Sent) // the bucket's one token
+	start := time.Now()
+	out := send(t, tr, testMessages(3, func(i int) string { return rcptN(i + 10) }))
+	wantAll(t, out, channel.Deferred)
+	if d := time.Since(start); d < 40*time.Millisecond {
+		t.Errorf("a Send that deferred everything returned after %v; want it held about MaxWait (50ms)", d)
+	}
+}

@@ -257,7 +257,7 @@ func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []chan
 		}
 		up := t.upPools()
 		if len(up) == 0 {
-			b.finishRest(channel.Outcome{Status: channel.SoftFail, Text: "no SMTP relay reachable: " + t.downReason()})
+			b.finishRest(channel.Outcome{Status: channel.SoftFail, Text: "no SMTP relay available: " + t.downReason()})
 			break
 		}
 		var wg sync.WaitGroup
@@ -277,7 +277,30 @@ func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []chan
 			}
 		}
 	}
+	t.pace(ctx, b)
 	return nil
+}
+
+// pace holds a Send whose every message was Deferred, some for a rate limit,
+// until the limit would take one of them, or MaxWait: it returned at once
+// before, and a caller that sends its Deferred messages again straight away
+// (the engine puts them back in its queue) turned in a busy loop while a
+// limit was reached, rendering and deferring batch after batch.
+func (t *Transport) pace(ctx context.Context, b *batch) {
+	if b.limitWait == 0 {
+		return
+	}
+	for i := range b.out {
+		if b.out[i].Status != channel.Deferred {
+			return
+		}
+	}
+	timer := time.NewTimer(min(b.limitWait-t.opts.MaxWait, t.opts.MaxWait))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+	}
 }
 
 // Close closes idle connections politely (QUIT) and refuses further Sends.
@@ -494,22 +517,46 @@ func (t *Transport) skip(p *pool, err error, msg string) {
 // envelope sender.
 var errSenderRefused = errors.New("the relay refused the envelope sender")
 
-// senderRefused reports whether o, the answer to MAIL FROM, refuses the
-// envelope sender for good whatever the message: a sender address or domain
-// the relay does not take, AUTH it requires, a policy. That is about Herald's
-// configuration, not the recipient, and failing each message for it would
-// fail a whole delivery in seconds. A message too big (552, X.3.4) is the
-// message's own.
-func senderRefused(o channel.Outcome) bool {
-	return o.Status == channel.HardFail && o.Code != 552 && !strings.HasSuffix(o.Enhanced, ".3.4")
+// senderRefused reports whether o, the answer at stage (0: MAIL FROM, 1:
+// RCPT TO) of a message from → to, refuses the envelope sender for good
+// whatever the message: a sender address or domain the relay does not take,
+// AUTH it requires, a policy. That is about Herald's configuration, not the
+// recipient, and failing each message for it would fail a whole delivery in
+// seconds.
+//
+// At MAIL FROM every permanent refusal is the sender's, but a message too big
+// (552, X.3.4), which is the message's own. Servers that delay their
+// restrictions to RCPT TO (Postfix's default, smtpd_delay_reject) refuse the
+// sender there: a permanent refusal at RCPT TO is the sender's when its
+// enhanced code is about the sender (X.1.7, X.1.8, RFC 3463) or its text says
+// so: Postfix's "Sender address rejected", or the sender's address named
+// without the recipient's.
+func senderRefused(stage int, o channel.Outcome, from, to string) bool {
+	if o.Status != channel.HardFail {
+		return false
+	}
+	switch stage {
+	case 0:
+		return o.Code != 552 && !strings.HasSuffix(o.Enhanced, ".3.4")
+	case 1:
+		if strings.HasSuffix(o.Enhanced, ".1.7") || strings.HasSuffix(o.Enhanced, ".1.8") {
+			return true
+		}
+		if strings.Contains(strings.ToLower(o.Text), "sender address rejected") {
+			return true
+		}
+		return from != "" && strings.Contains(o.Text, "<"+from+">") && !strings.Contains(o.Text, "<"+to+">")
+	}
+	return false
 }
 
-// refuseSender handles the relay's refusal o of message i's envelope sender:
+// refuseSender handles the relay's refusal o of message i's envelope sender,
+// at stage (0: MAIL FROM, 1: RCPT TO):
 // the message goes to another connection (another relay's, or a retry
 // later), the relay is skipped for a back-off, and the run ends with
 // errSenderRefused.
-func (t *Transport) refuseSender(p *pool, b *batch, i int, o channel.Outcome) error {
-	err := &ReplyError{Step: "MAIL FROM", Code: o.Code, Enhanced: o.Enhanced, Text: o.Text}
+func (t *Transport) refuseSender(p *pool, b *batch, i, stage int, o channel.Outcome) error {
+	err := &ReplyError{Step: [...]string{"MAIL FROM", "RCPT TO"}[stage], Code: o.Code, Enhanced: o.Enhanced, Text: o.Text}
 	t.done(b, i)
 	// Code 0: the answer says nothing of the recipient (no quarantine), and the
 	// text keeps it.
@@ -615,6 +662,7 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy b
 		if wait > t.opts.MaxWait {
 			t.unreserve(p, b, i, dom)
 			b.out[i] = channel.Outcome{Status: channel.Deferred, Text: fmt.Sprintf("not attempted: rate limit for %s would wait %v", dom, wait.Round(time.Millisecond))}
+			b.deferredFor(wait)
 			continue
 		}
 		c.flush() // a write error resurfaces at the next flush
@@ -821,15 +869,16 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 				failed, failure, stage = true, outcome(code, c.text), k
 			}
 		}
-		if !failed || stage > 0 {
+		refused := failed && data != 354 && senderRefused(stage, failure, b.msgs[i].From, b.msgs[i].To)
+		if !refused && (!failed || stage > 0) {
 			t.senderTaken(p)
 		}
 		if !failed {
 			body, bodyEnd = i, c.writeData(b.msgs[i].Data, b.msgs[i].Plain)
 			continue
 		}
-		if stage == 0 && data != 354 && senderRefused(failure) {
-			return t.refuseSender(p, b, i, failure)
+		if refused {
+			return t.refuseSender(p, b, i, stage, failure)
 		}
 		if stage == 1 {
 			t.feedback(p, b.msgs[i].To, failure.Code)
@@ -902,17 +951,18 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			}
 			replies++
 			if code/100 == 2 && s.want == 250 || code == s.want {
-				if k == 0 {
+				if k == 1 {
 					t.senderTaken(p)
 				}
 				continue
 			}
 			o := outcome(code, c.text)
 			failure = &o
-			if k == 0 && senderRefused(o) {
-				return t.refuseSender(p, b, i, o)
+			if senderRefused(k, o, m.From, m.To) {
+				return t.refuseSender(p, b, i, k, o)
 			}
 			if k == 1 {
+				t.senderTaken(p)
 				t.feedback(p, m.To, code)
 			}
 			if relayThrottled(k, o) {
@@ -998,6 +1048,19 @@ type batch struct {
 	retry  []int
 	parked []int // waiting for a slot of their domain, taken last
 	tries  map[int]int
+	// limitWait is the shortest wait for a rate limit that made a message
+	// Deferred (see pace).
+	limitWait time.Duration
+}
+
+// deferredFor records that a message was Deferred rather than wait d for a
+// rate limit.
+func (b *batch) deferredFor(d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.limitWait == 0 || d < b.limitWait {
+		b.limitWait = d
+	}
 }
 
 // take returns the next message to send: one given back first, then the

@@ -606,6 +606,67 @@ func TestSenderRefused(t *testing.T) {
 	}
 }
 
+// TestSenderRefusedClassification: which permanent answers refuse the envelope sender,
+// whoever the recipient, rather than the message or its recipient.
+func TestSenderRefusedClassification(t *testing.T) {
+	const from, to = "b+12.abc@bounce.example", "ann@example.com"
+	hard := func(code int, enh, text string) channel.Outcome {
+		return channel.Outcome{Status: channel.HardFail, Code: code, Enhanced: enh, Text: text}
+	}
+	for _, tc := range []struct {
+		stage int
+		o     channel.Outcome
+		want  bool
+	}{
+		{0, hard(553, "5.7.1", "Sender address rejected: not owned by user"), true},
+		{0, hard(530, "5.7.0", "Authentication required"), true},
+		{0, hard(552, "5.3.4", "Message size exceeds fixed limit"), false},
+		{0, channel.Outcome{Status: channel.SoftFail, Code: 451, Enhanced: "4.3.0", Text: "try later"}, false},
+		// Postfix with smtpd_delay_reject (its default) answers at RCPT TO.
+		{1, hard(554, "5.7.1", "<"+from+">: Sender address rejected: Access denied"), true},
+		{1, hard(550, "5.1.8", "Domain of sender address does not exist"), true},
+		{1, hard(550, "5.7.1", "<"+from+">: policy says no"), true},
+		{1, hard(550, "5.1.1", "<"+to+">: Recipient address rejected: User unknown"), false},
+		{1, hard(554, "5.7.1", "<"+to+">: Relay access denied"), false},
+		{1, hard(550, "5.7.1", "<"+to+"> from <"+from+">: rejected"), false},
+		{1, hard(554, "5.7.1", "Client host blocked using zen.spamhaus.org"), false},
+		{2, hard(554, "5.7.1", "Sender address rejected"), false},
+	} {
+		if got := senderRefused(tc.stage, tc.o, from, to); got != tc.want {
+			t.Errorf("senderRefused(stage %d, %d %s %q) = %v, want %v", tc.stage, tc.o.Code, tc.o.Enhanced, tc.o.Text, got, tc.want)
+		}
+	}
+}
+
+// TestSenderRefusedAtRcpt: a server that refuses the sender at RCPT TO (Postfix's default
+// timing) fails no message either: soft failures, the relay skipped.
+func TestSenderRefusedAtRcpt(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			msgs := testMessages(12, rcptN)
+			for _, m := range msgs {
+				s.Script(m.To, smtptest.Always(smtptest.Action{Code: 554, Enhanced: "5.7.1", Text: "<" + m.From + ">: Sender address rejected: Access denied"}))
+			}
+			tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(s, 2))
+			out := send(t, tr, msgs)
+			for i := range out {
+				wantStatus(t, out, i, channel.SoftFail)
+				if out[i].Code != 0 || !strings.Contains(out[i].Text, "Sender address rejected") {
+					t.Errorf("out[%d] = %+v", i, out[i])
+				}
+			}
+			tried := 0
+			for _, m := range msgs {
+				tried += s.Attempts(m.To)
+			}
+			if tried < 1 || tried > 2 {
+				t.Errorf("%d recipients named; want one for each connection at most", tried)
+			}
+		})
+	}
+}
+
 // TestSenderRefusedFailover: messages a relay refused for its sender go out
 // through another relay in the same Send.
 func TestSenderRefusedFailover(t *testing.T) {
@@ -647,7 +708,7 @@ func TestAllRelaysDown(t *testing.T) {
 	out := send(t, tr, testMessages(20, rcptN))
 	for i := range out {
 		wantStatus(t, out, i, channel.SoftFail)
-		if out[i].Code != 0 || !strings.Contains(out[i].Text, "no SMTP relay reachable") {
+		if out[i].Code != 0 || !strings.Contains(out[i].Text, "no SMTP relay available") {
 			t.Errorf("out[%d] = %+v", i, out[i])
 		}
 	}
