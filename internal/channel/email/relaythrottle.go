@@ -85,12 +85,17 @@ func (p *pool) applyRate(now time.Time) {
 
 // throttled records that the relay itself asked to slow down: its rate is halved from what it
 // was sending at, at most once a second, down to minRelayRate. It returns the new rate, or 0
-// when the answer came too soon after the last cut to count. p.mu is held.
-func (p *pool) throttled(now time.Time) float64 {
+// when the answer did not change it (too soon after the last cut, or at the floor already),
+// and whether it was the first cut. p.mu is held.
+func (p *pool) throttled(now time.Time) (rate float64, first bool) {
 	th := &p.throttle
-	if th.rate > 0 && now.Sub(th.changed) < throttleDebounce {
-		return 0
+	if th.rate > 0 && (now.Sub(th.changed) < throttleDebounce || th.rate <= minRelayRate) {
+		if th.rate <= minRelayRate {
+			th.changed = now // still asked to slow down: no recovery yet
+		}
+		return 0, false
 	}
+	first = th.rate == 0
 	base := th.rate
 	if base == 0 {
 		base = th.meter.rate(now)
@@ -101,7 +106,7 @@ func (p *pool) throttled(now time.Time) float64 {
 	}
 	th.rate, th.changed = math.Max(minRelayRate, base/2), now
 	p.applyRate(now)
-	return th.rate
+	return th.rate, first
 }
 
 // recovered doubles a throttled rate after relayRecover without a throttling answer, and

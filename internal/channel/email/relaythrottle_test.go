@@ -46,14 +46,14 @@ func TestRelayThrottleCutsAndRecovers(t *testing.T) {
 	for i := range 80 { // 80 over the last second
 		p.throttle.meter.add(now.Add(-time.Duration(79-i) * 11 * time.Millisecond))
 	}
-	if r := p.throttled(now); r != 40 || p.rate.rate != 40 {
-		t.Fatalf("first cut: %v (bucket %v), want 40", r, p.rate.rate)
+	if r, first := p.throttled(now); r != 40 || !first || p.rate.rate != 40 {
+		t.Fatalf("first cut: %v (bucket %v, first %v), want 40", r, p.rate.rate, first)
 	}
-	if r := p.throttled(now.Add(100 * time.Millisecond)); r != 0 || p.rate.rate != 40 {
+	if r, _ := p.throttled(now.Add(100 * time.Millisecond)); r != 0 || p.rate.rate != 40 {
 		t.Fatalf("a second answer within the debounce cut again: %v", p.rate.rate)
 	}
 	now = now.Add(throttleDebounce)
-	if p.throttled(now); p.rate.rate != 20 {
+	if r, first := p.throttled(now); r != 20 || first || p.rate.rate != 20 {
 		t.Fatalf("second cut: %v, want 20", p.rate.rate)
 	}
 	if p.recovered(now.Add(relayRecover - time.Second)) {
@@ -81,12 +81,19 @@ func TestRelayThrottleCutsAndRecovers(t *testing.T) {
 	if !q.recovered(now.Add(relayRecover)) || q.rate.rate != 50 {
 		t.Fatalf("recovered to %v, want the configured share of 50", q.rate.rate)
 	}
-	// Never below the floor.
+	// Never below the floor; answers there put off the recovery.
 	for i := range 20 {
-		q.throttled(now.Add(time.Duration(i+2) * relayRecover))
+		q.throttled(now.Add(time.Duration(i+2) * time.Second))
 	}
 	if q.rate.rate != minRelayRate {
 		t.Errorf("cut to %v, want the floor of %v", q.rate.rate, minRelayRate)
+	}
+	last := now.Add(21 * time.Second)
+	if r, _ := q.throttled(last); r != 0 {
+		t.Errorf("an answer at the floor reported a cut to %v", r)
+	}
+	if q.recovered(last.Add(relayRecover-time.Second)) || q.rate.rate != minRelayRate {
+		t.Errorf("recovered %v after the last answer at the floor", relayRecover-time.Second)
 	}
 }
 

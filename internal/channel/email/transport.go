@@ -720,10 +720,13 @@ func (t *Transport) feedback(p *pool, to string, code int) {
 // relaythrottle.go).
 func (t *Transport) throttleRelay(p *pool, why string) {
 	p.mu.Lock()
-	r := p.throttled(t.clock.Now())
+	r, first := p.throttled(t.clock.Now())
 	p.mu.Unlock()
-	if r > 0 {
+	switch {
+	case first:
 		t.log.Warn("smtp relay asks to slow down; its rate is cut", "relay", p.relay.String(), "rate", r, "answer", why)
+	case r > 0:
+		t.log.Info("smtp relay asks to slow down again; its rate is cut further", "relay", p.relay.String(), "rate", r, "answer", why)
 	}
 }
 
