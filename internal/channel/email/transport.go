@@ -117,11 +117,11 @@ func (p *pool) dialDone() {
 	}
 }
 
-// waitDials waits, with p.mu held, while p has no connection open and others
-// are being opened: until one opens or every one fails. It returns with p.mu
-// held, early when ctx ends.
+// waitDials waits, with p.mu held, while other connections to p are being
+// opened, until each has opened or failed. It returns with p.mu held, early
+// when ctx ends.
 func (p *pool) waitDials(ctx context.Context) {
-	for p.open == 0 && p.dialing > 0 && ctx.Err() == nil {
+	for p.dialing > 0 && ctx.Err() == nil {
 		if p.dialed == nil {
 			p.dialed = make(chan struct{})
 		}
@@ -464,11 +464,12 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 // with the connections it has for connLimitFor, instead of failing the
 // messages of the next batches as if the relay were down.
 //
-// While none is open but others are being opened, which of the two it is
-// waits for them: a relay that limits connections refuses the extra ones
-// at once, often before the ones it took have finished their greeting,
-// EHLO and STARTTLS, and marking it down then would fail the batches of
-// concurrent Sends for nothing.
+// While others are being opened, which of the two it is, and how many
+// connections the relay takes, waits for them: a relay that limits
+// connections refuses the extra ones at once, often before the ones it took
+// have finished their greeting, EHLO and STARTTLS; marking it down then
+// would fail the batches of concurrent Sends for nothing, and counting only
+// those open so far would use fewer connections than it takes.
 func (t *Transport) dialFailed(ctx context.Context, p *pool, err error) {
 	p.mu.Lock()
 	p.waitDials(ctx)

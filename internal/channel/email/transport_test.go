@@ -701,6 +701,22 @@ func TestMessageTooBigAtMail(t *testing.T) {
 	}
 }
 
+// TestRelayConnectionLimitCountsThoseStillOpening: the relay takes three connections and
+// refuses the others at once, while the three it took finish opening one after another. The
+// limit Herald keeps to is the three, not the one or two open when the refusals came.
+func TestRelayConnectionLimitCountsThoseStillOpening(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{MaxConns: 3, GreetDelay: 30 * time.Millisecond, GreetDelayStep: 60 * time.Millisecond})
+	clock := newFakeClock()
+	tr := newTestTransport(t, Options{Clock: clock}, plainRelay(s, 8))
+	wantAll(t, send(t, tr, testMessages(40, rcptN)), channel.Sent)
+	if s.Refused() == 0 {
+		t.Fatal("the relay refused no connection: the test did not make the case")
+	}
+	if n := tr.pools[0].maxConns(clock.Now()); n != 3 {
+		t.Errorf("connections kept to after the refusals: %d, want the 3 the relay takes", n)
+	}
+}
+
 func TestAllRelaysDown(t *testing.T) {
 	dead, _ := deadRelay(t)
 	tr := newTestTransport(t, Options{Clock: newFakeClock()},

@@ -141,6 +141,10 @@ type Options struct {
 	// of those refused for MaxConns, which are answered at once), as a busy
 	// relay or a greet pause does.
 	GreetDelay time.Duration
+	// GreetDelayStep adds to GreetDelay for each connection taken before:
+	// the n-th (from 0) is greeted after GreetDelay + n*GreetDelayStep, so
+	// that connections opened together finish opening one after another.
+	GreetDelayStep time.Duration
 	// SMTPUTF8 offers internationalised addresses (RFC 6531). An address
 	// beyond ASCII in a transaction without the SMTPUTF8 parameter is refused
 	// with 553 5.6.7 either way, as the RFC asks of servers.
@@ -165,6 +169,7 @@ type Server struct {
 	open        atomic.Int64 // connections open now, with MaxConns
 	refused     atomic.Int64 // connections refused for MaxConns
 	mailRefused atomic.Int64 // MAIL FROM commands refused for RefuseSenders
+	taken       atomic.Int64 // connections taken, for GreetDelayStep
 	nextID      atomic.Int64
 
 	mu      sync.Mutex
@@ -579,7 +584,8 @@ func (l *countingListener) Accept() (net.Conn, error) {
 			c = &openConn{Conn: c, open: &l.s.open}
 		}
 		if d := l.s.opts.GreetDelay; d > 0 {
-			c = &slowGreetConn{Conn: c, delay: d}
+			n := l.s.taken.Add(1) - 1
+			c = &slowGreetConn{Conn: c, delay: d + time.Duration(n)*l.s.opts.GreetDelayStep}
 		}
 		if l.s.opts.NoPipelining {
 			return &noPipeliningConn{Conn: c}, nil
