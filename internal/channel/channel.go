@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"time"
 )
 
 // ErrClosed is returned by Send after Close has been called.
@@ -54,18 +55,19 @@ const (
 	Sent
 	// SoftFail means the message was not accepted this time but may be
 	// later: a 4xx answer, or a network failure before any of the message
-	// was handed over (including "every relay is down"). The row goes to
-	// retry with back-off within its validity period.
+	// was handed over. The row goes to retry with back-off within its
+	// validity period.
 	SoftFail
 	// HardFail means the message was refused for good (a 5xx answer, or a
 	// message the sender can tell is malformed without sending it). The
 	// row fails with Code, Enhanced and Text as its reason.
 	HardFail
 	// Deferred means the sender did not attempt the message at all: the
-	// context was cancelled before its turn, or a rate limit would have
-	// made it wait longer than the sender is allowed to. Nothing happened
-	// on the wire; the engine returns the row to the queue without
-	// counting an attempt.
+	// context was cancelled before its turn, a rate limit would have made
+	// it wait longer than the sender is allowed to, or the sender has no
+	// way out for now (every relay down or refusing the envelope sender:
+	// see Gate). Nothing the recipient could answer happened; the engine
+	// returns the row to the queue without counting an attempt.
 	Deferred
 )
 
@@ -133,4 +135,14 @@ type Sender interface {
 type Shared interface {
 	// SetShare sets this node's part of every shared limit, in (0, 1]; 1 is the whole.
 	SetShare(share float64)
+}
+
+// Gate is implemented by Senders that can tell when they cannot carry any message for a while:
+// every SMTP relay is down, or refuses the envelope sender. The engine claims no batch for such
+// a Sender until the wait is over, and the messages of a batch caught by the outage come back
+// Deferred: an outage costs the recipients no attempt and no retry wait, and the delivery goes
+// on when the Sender is back.
+type Gate interface {
+	// Wait returns how long until the Sender may take messages again; 0 when it may now.
+	Wait() time.Duration
 }

@@ -524,6 +524,15 @@ func (c *countingSender) Send(ctx context.Context, msgs []channel.Message, out [
 	return c.Sender.Send(ctx, msgs, out)
 }
 
+// Wait forwards channel.Gate, so that the engine waits out an outage of the sink as it would
+// one of a relay.
+func (c *countingSender) Wait() time.Duration {
+	if g, ok := c.Sender.(channel.Gate); ok {
+		return g.Wait()
+	}
+	return 0
+}
+
 // cpuTime returns the process's user+system CPU seconds.
 func cpuTime() float64 {
 	var ru syscall.Rusage

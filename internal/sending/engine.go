@@ -23,7 +23,9 @@
 // and reason; SoftFail → pending again after a back-off (Config.Backoff) until the delivery's
 // validity_until, then failed with reason "expired"; Deferred → pending at once, no attempt
 // counted. When a delivery has no row pending or in flight it becomes finished (failed when no
-// row was sent); while only retries wait it is retrying.
+// row was sent); while only retries wait it is retrying. While the Sender says it has no way
+// out (channel.Gate: every relay down or refusing the sender) no batch is claimed, so an
+// outage leaves rows pending and untried and the delivery sending, until it ends.
 //
 // Pause and stop: workers read the delivery's state before every claim, and a watcher cancels
 // the Send of batches whose delivery was paused or stopped (the Sender then defers the
@@ -434,6 +436,12 @@ func (e *Engine) step(ctx context.Context, w *worker) (int, error) {
 		return 0, nil
 	}
 	now := e.clock.Now()
+	// While the Sender has no way out (every relay down or refusing the sender), no batch is
+	// claimed: the rows stay pending, untried, and the delivery goes on when it is back.
+	gated := false
+	if g, ok := e.cfg.Sender.(channel.Gate); ok {
+		gated = g.Wait() > 0
+	}
 	first := int(e.rr.Add(1) % uint64(len(active)))
 	for k := range active {
 		d := active[(first+k)%len(active)]
@@ -441,6 +449,9 @@ func (e *Engine) step(ctx context.Context, w *worker) (int, error) {
 			if err := e.settle(ctx, d); err != nil {
 				return 0, err
 			}
+			continue
+		}
+		if gated {
 			continue
 		}
 		rows, err := e.claim(ctx, d.id)

@@ -373,7 +373,15 @@ func (s *switchSender) Send(ctx context.Context, m []channel.Message, o []channe
 }
 func (s *switchSender) Close() error { return nil }
 
-func TestRelayDownRetriesAndDropAfterDataIsAmbiguous(t *testing.T) {
+// Wait forwards channel.Gate to the Sender in use.
+func (s *switchSender) Wait() time.Duration {
+	if g, ok := (*s.p.Load()).(channel.Gate); ok {
+		return g.Wait()
+	}
+	return 0
+}
+
+func TestRelayDownWaitsAndDropAfterDataIsAmbiguous(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 2, 84*time.Hour)
 		dead := smtptest.Start(t, smtptest.Options{})
@@ -383,13 +391,18 @@ func TestRelayDownRetriesAndDropAfterDataIsAmbiguous(t *testing.T) {
 		sw.set(down)
 		e := f.engine(t, sw, "n1", 10)
 		drain(t, e)
+		// The outage is not the recipients' doing: no attempt, no retry wait; the delivery
+		// waits, still sending, and claims nothing while the relay is skipped.
 		for _, a := range f.addrs {
-			if r := f.row(t, a); r.status != "pending" || r.attempts != 1 {
-				t.Fatalf("relay down: %+v, want pending for a retry", r)
+			if r := f.row(t, a); r.status != "pending" || r.attempts != 0 || r.next.Valid {
+				t.Fatalf("relay down: %+v, want pending, untried", r)
 			}
 		}
-		if s := f.state(t); s != delivery.Retrying {
-			t.Fatalf("relay down: delivery is %s, want retrying", s)
+		if s := f.state(t); s != delivery.Sending {
+			t.Fatalf("relay down: delivery is %s, want sending", s)
+		}
+		if n, err := e.Step(context.Background()); n != 0 || err != nil {
+			t.Fatalf("a step while the relay is skipped handled %d rows (%v), want none", n, err)
 		}
 		srv := smtptest.Start(t, smtptest.Options{})
 		srv.Script(f.addrs[1], func(attempt int) smtptest.Action {
@@ -399,10 +412,9 @@ func TestRelayDownRetriesAndDropAfterDataIsAmbiguous(t *testing.T) {
 			return smtptest.Action{}
 		})
 		sw.set(transport(t, srv))
-		f.clk.Advance(15 * time.Minute)
 		drain(t, e)
-		if r := f.row(t, f.addrs[0]); r.status != "sent" || r.attempts != 2 || r.ambiguous {
-			t.Fatalf("after the relay came back: %+v", r)
+		if r := f.row(t, f.addrs[0]); r.status != "sent" || r.attempts != 1 || r.ambiguous {
+			t.Fatalf("after the relay came back: %+v, want sent at the first attempt", r)
 		}
 		if r := f.row(t, f.addrs[1]); r.status != "sent" || !r.ambiguous {
 			t.Fatalf("connection dropped after the data: %+v, want sent and ambiguous", r)
@@ -441,23 +453,22 @@ func testRefusedSenderRetries(t *testing.T, stage string) {
 		drain(t, e)
 		for _, a := range f.addrs {
 			r := f.row(t, a)
-			if r.status != "pending" || r.attempts != 1 || !strings.Contains(r.reason, "Sender address rejected") {
-				t.Fatalf("sender refused: %+v, want pending for a retry with the relay's answer", r)
+			if r.status != "pending" || r.attempts != 0 {
+				t.Fatalf("sender refused: %+v, want pending, untried", r)
 			}
 			if en, _ := f.quar.Get(context.Background(), quarantine.Email, a); en.Status != quarantine.StatusValid {
 				t.Errorf("a refused envelope sender changed %s's quarantine entry: %s", a, en.Status)
 			}
 		}
-		if s := f.state(t); s != delivery.Retrying {
-			t.Fatalf("sender refused: delivery is %s, want retrying", s)
+		if s := f.state(t); s != delivery.Sending {
+			t.Fatalf("sender refused: delivery is %s, want sending, waiting for the relay", s)
 		}
 		srv := smtptest.Start(t, smtptest.Options{})
 		sw.set(transport(t, srv))
-		f.clk.Advance(15 * time.Minute)
 		drain(t, e)
 		for _, a := range f.addrs {
-			if r := f.row(t, a); r.status != "sent" || r.attempts != 2 {
-				t.Fatalf("after the relay took the sender: %+v, want sent at attempt 2", r)
+			if r := f.row(t, a); r.status != "sent" || r.attempts != 1 {
+				t.Fatalf("after the relay took the sender: %+v, want sent at the first attempt", r)
 			}
 		}
 		if s := f.state(t); s != delivery.Finished {
@@ -543,6 +554,32 @@ func TestRelaySlowDownIsNoRetry(t *testing.T) {
 		}
 		if retried > 0 {
 			t.Errorf("the delivery went to retrying %d times", retried)
+		}
+	})
+}
+
+// TestOutageOutlastingValidity: rows that waited out a relay outage, untried, still fail as
+// expired once the delivery's validity is over, and the delivery ends.
+func TestOutageOutlastingValidity(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 2, time.Hour)
+		dead := smtptest.Start(t, smtptest.Options{})
+		down := transport(t, dead)
+		dead.Close()
+		e := f.engine(t, down, "n1", 10)
+		drain(t, e)
+		if s := f.state(t); s != delivery.Sending {
+			t.Fatalf("during the outage: delivery is %s, want sending", s)
+		}
+		f.clk.Advance(time.Hour)
+		drain(t, e)
+		for _, a := range f.addrs {
+			if r := f.row(t, a); r.status != "failed" || r.reason != "expired" || r.attempts != 0 {
+				t.Fatalf("after the validity: %+v, want failed, expired, untried", r)
+			}
+		}
+		if s := f.state(t); s != delivery.Failed {
+			t.Fatalf("delivery is %s, want failed (nothing sent)", s)
 		}
 	})
 }

@@ -69,6 +69,7 @@ type Transport struct {
 var (
 	_ channel.Sender = (*Transport)(nil)
 	_ channel.Shared = (*Transport)(nil)
+	_ channel.Gate   = (*Transport)(nil)
 )
 
 // pool holds the connections to one relay.
@@ -257,7 +258,10 @@ func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []chan
 		}
 		up := t.upPools()
 		if len(up) == 0 {
-			b.finishRest(channel.Outcome{Status: channel.SoftFail, Text: "no SMTP relay available: " + t.downReason()})
+			// Not the recipients' doing: their messages go back to the queue untried,
+			// and the engine waits for a relay (Wait).
+			b.finishRest(channel.Outcome{Status: channel.Deferred, Text: "not attempted: no SMTP relay available: " + t.downReason()})
+			b.noRelay = true
 			break
 		}
 		var wg sync.WaitGroup
@@ -282,20 +286,26 @@ func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []chan
 }
 
 // pace holds a Send whose every message was Deferred, some for a rate limit,
-// until the limit would take one of them, or MaxWait: it returned at once
-// before, and a caller that sends its Deferred messages again straight away
-// (the engine puts them back in its queue) turned in a busy loop while a
-// limit was reached, rendering and deferring batch after batch.
+// until the limit would take one of them, at most MaxWait: it returned at
+// once before, and a caller that sends its Deferred messages again straight
+// away (the engine puts them back in its queue) turned in a busy loop while a
+// limit was reached, rendering and deferring batch after batch. Messages
+// Deferred for want of a relay are the caller's to hold back: Wait says for
+// how long (channel.Gate).
 func (t *Transport) pace(ctx context.Context, b *batch) {
-	if b.limitWait == 0 {
+	if b.limitWait == 0 || b.noRelay {
 		return
 	}
+	wait := b.limitWait - t.opts.MaxWait
 	for i := range b.out {
 		if b.out[i].Status != channel.Deferred {
 			return
 		}
 	}
-	timer := time.NewTimer(min(b.limitWait-t.opts.MaxWait, t.opts.MaxWait))
+	if wait <= 0 {
+		return
+	}
+	timer := time.NewTimer(min(wait, t.opts.MaxWait))
 	defer timer.Stop()
 	select {
 	case <-timer.C:
@@ -319,6 +329,25 @@ func (t *Transport) Close() error {
 		}
 	}
 	return nil
+}
+
+// Wait returns how long until a relay may be tried again: 0 while one is up,
+// else the shortest back-off left (channel.Gate).
+func (t *Transport) Wait() time.Duration {
+	now := t.clock.Now()
+	var wait time.Duration
+	for _, p := range t.pools {
+		p.mu.Lock()
+		left := p.downUntil.Sub(now)
+		p.mu.Unlock()
+		if left <= 0 {
+			return 0
+		}
+		if wait == 0 || left < wait {
+			wait = left
+		}
+	}
+	return wait
 }
 
 func (t *Transport) upPools() []*pool {
@@ -553,15 +582,16 @@ func senderRefused(stage int, o channel.Outcome, from, to string) bool {
 
 // refuseSender handles the relay's refusal o of message i's envelope sender,
 // at stage (0: MAIL FROM, 1: RCPT TO):
-// the message goes to another connection (another relay's, or a retry
-// later), the relay is skipped for a back-off, and the run ends with
+// the message goes to another connection (another relay's, or back to the
+// queue untried), the relay is skipped for a back-off, and the run ends with
 // errSenderRefused.
 func (t *Transport) refuseSender(p *pool, b *batch, i, stage int, o channel.Outcome) error {
 	err := &ReplyError{Step: [...]string{"MAIL FROM", "RCPT TO"}[stage], Code: o.Code, Enhanced: o.Enhanced, Text: o.Text}
 	t.done(b, i)
-	// Code 0: the answer says nothing of the recipient (no quarantine), and the
-	// text keeps it.
-	b.requeue(i, softFail(err), false)
+	// Back untried: each connection stops at its first refusal, so a message
+	// meets at most one a connection, and once the relay is skipped the rest
+	// of the batch is Deferred (no relay available).
+	b.requeue(i, softFail(err), true)
 	p.refusing.Store(true)
 	t.skip(p, err, "smtp relay refuses the envelope sender, skipping it")
 	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errSenderRefused, err)
@@ -1053,8 +1083,10 @@ type batch struct {
 	parked []int // waiting for a slot of their domain, taken last
 	tries  map[int]int
 	// limitWait is the shortest wait for a rate limit that made a message
-	// Deferred (see pace).
+	// Deferred; noRelay says messages were Deferred for want of a relay (see
+	// pace).
 	limitWait time.Duration
+	noRelay   bool
 }
 
 // deferredFor records that a message was Deferred rather than wait d for a

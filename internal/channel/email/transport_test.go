@@ -574,7 +574,7 @@ func TestSenderRefused(t *testing.T) {
 			tr := newTestTransport(t, Options{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, plainRelay(s, 4))
 			out := send(t, tr, testMessages(20, rcptN))
 			for i := range out {
-				wantStatus(t, out, i, channel.SoftFail)
+				wantStatus(t, out, i, channel.Deferred)
 				if out[i].Code != 0 || !strings.Contains(out[i].Text, "553 5.7.1 Sender address rejected") {
 					t.Errorf("out[%d] = %+v; want code 0 and the relay's answer in the text", i, out[i])
 				}
@@ -589,7 +589,10 @@ func TestSenderRefused(t *testing.T) {
 			// Skipped during its back-off, even when a connection to it opens.
 			refusals := s.SenderRefusals()
 			out = send(t, tr, testMessages(5, rcptN))
-			wantAll(t, out, channel.SoftFail)
+			wantAll(t, out, channel.Deferred)
+			if tr.Wait() <= 0 {
+				t.Error("Wait() = 0 while the relay refusing the sender is skipped")
+			}
 			if s.SenderRefusals() != refusals {
 				t.Error("the relay was tried during its back-off")
 			}
@@ -651,7 +654,7 @@ func TestSenderRefusedAtRcpt(t *testing.T) {
 			tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(s, 2))
 			out := send(t, tr, msgs)
 			for i := range out {
-				wantStatus(t, out, i, channel.SoftFail)
+				wantStatus(t, out, i, channel.Deferred)
 				if out[i].Code != 0 || !strings.Contains(out[i].Text, "Sender address rejected") {
 					t.Errorf("out[%d] = %+v", i, out[i])
 				}
@@ -722,11 +725,15 @@ func TestAllRelaysDown(t *testing.T) {
 	tr := newTestTransport(t, Options{Clock: newFakeClock()},
 		Relay{Addr: closedAddr(t), TLS: TLSNone}, Relay{Addr: dead, TLS: TLSNone})
 	out := send(t, tr, testMessages(20, rcptN))
+	// Not the recipients' doing: untried, for the engine to send again once a relay is back.
 	for i := range out {
-		wantStatus(t, out, i, channel.SoftFail)
+		wantStatus(t, out, i, channel.Deferred)
 		if out[i].Code != 0 || !strings.Contains(out[i].Text, "no SMTP relay available") {
 			t.Errorf("out[%d] = %+v", i, out[i])
 		}
+	}
+	if w := tr.Wait(); w <= 0 {
+		t.Errorf("Wait() = %v with every relay down, want the back-off left", w)
 	}
 }
 
@@ -835,8 +842,8 @@ func TestTLSAndAuth(t *testing.T) {
 			for i := range out {
 				if tc.wantSent {
 					wantStatus(t, out, i, channel.Sent)
-				} else {
-					wantStatus(t, out, i, channel.SoftFail)
+				} else { // the relay cannot be used: untried, for the engine to wait
+					wantStatus(t, out, i, channel.Deferred)
 					if !strings.Contains(out[i].Text, tc.wantText) {
 						t.Errorf("out[%d].Text = %q, want it to mention %q", i, out[i].Text, tc.wantText)
 					}
