@@ -507,7 +507,11 @@ func (t *Transport) dialFailed(ctx context.Context, p *pool, err error) {
 		return
 	}
 	open := p.open
-	if open > 0 {
+	// Only a relay that answered refuses one more connection ("421 Too many
+	// connections"); one that cannot be reached is down, whatever connections
+	// to it the pool still counts (they may be dead and not yet found so).
+	var re *ReplyError
+	if open > 0 && errors.As(err, &re) {
 		first := p.connLimit != open || !t.clock.Now().Before(p.connLimitUntil)
 		p.connLimit, p.connLimitUntil = open, t.clock.Now().Add(connLimitFor)
 		p.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -717,6 +718,35 @@ func TestRelayConnectionLimitCountsThoseStillOpening(t *testing.T) {
 	}
 	if n := tr.pools[0].maxConns(clock.Now()); n != 3 {
 		t.Errorf("connections kept to after the refusals: %d, want the 3 the relay takes", n)
+	}
+}
+
+// TestDialFailedTellsDownFromLimit: with connections to the relay still counted open, a
+// dial the relay answered with a refusal ("421 Too many connections") is a connection limit;
+// one it did not answer at all (refused, timed out: the relay stopped, and the connections
+// counted are dead but not yet found so) makes the relay down.
+func TestDialFailedTellsDownFromLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		down bool
+	}{
+		{"answered 421", fmt.Errorf("relay x: %w", &ReplyError{Step: "greeting", Code: 421, Enhanced: "4.7.0", Text: "Too many connections"}), false},
+		{"connection refused", fmt.Errorf("connect to x: %w", syscall.ECONNREFUSED), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := newFakeClock()
+			tr := newTestTransport(t, Options{Clock: clock}, Relay{Addr: "192.0.2.1:25", MaxConns: 20})
+			p := tr.pools[0]
+			p.open = 3
+			tr.dialFailed(context.Background(), p, tc.err)
+			if down := tr.Wait() > 0; down != tc.down {
+				t.Errorf("relay down = %v, want %v", down, tc.down)
+			}
+			if limited := p.maxConns(clock.Now()) == 3; limited == tc.down {
+				t.Errorf("connections limited to those open = %v, want %v", limited, !tc.down)
+			}
+		})
 	}
 }
 
