@@ -424,6 +424,27 @@ func TestSendingSettings(t *testing.T) {
 	}
 }
 
+// TestServeStopsAtATakenPort: a second serve started by mistake, its address taken, stops
+// before it touches the database: its engine must not claim a batch that its exit would leave
+// in flight.
+func TestServeStopsAtATakenPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dbPath := filepath.Join(t.TempDir(), "h.db")
+	cmd := exec.Command(heraldBin, "serve")
+	cmd.Env = append(os.Environ(), "HERALD_DB="+dbPath, "HERALD_ADDR="+ln.Addr().String())
+	b, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "listen on "+ln.Addr().String()) {
+		t.Fatalf("serve on a taken port: %v\n%s", err, b)
+	}
+	if _, err := os.Stat(dbPath); !os.IsNotExist(err) {
+		t.Errorf("serve opened the database before finding its port taken (%v)", err)
+	}
+}
+
 // addUsers adds each {login, role} with the password "password of LOGIN" and returns an API
 // token for each login.
 func addUsers(t *testing.T, dsn string, users ...[2]string) map[string]string {

@@ -53,6 +53,13 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 		return err
 	}
 	log := cfg.Logger()
+	// The address first: a second serve started by mistake (the port taken) must stop before
+	// its engine claims a batch that its exit would leave in flight.
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (HERALD_ADDR): %w", cfg.Addr, err)
+	}
+	defer ln.Close()
 	db, err := store.Open(ctx, cfg.DB)
 	if err != nil {
 		return err
@@ -141,10 +148,6 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	}
 	jobs.Start()
 	defer jobs.Stop()
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s (HERALD_ADDR): %w", cfg.Addr, err)
-	}
 	httpSrv := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
