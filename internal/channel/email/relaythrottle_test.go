@@ -174,7 +174,14 @@ func TestRelaySlowDownFromSeveralDomains(t *testing.T) {
 				msgs = append(msgs, channel.Message{To: to, From: "bounces@herald.test", Data: fmt.Appendf(nil, testBody, to, i)})
 			}
 			tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(s, 1))
-			wantAll(t, send(t, tr, msgs), channel.SoftFail) // refused for the recipient: retried later
+			out := send(t, tr, msgs)
+			for i := range out { // refused for the recipient, retried later; the relay's, untried
+				want := channel.SoftFail
+				if i >= relayThrottleDomains-1 {
+					want = channel.Deferred
+				}
+				wantStatus(t, out, i, want)
+			}
 			p := tr.pools[0]
 			p.mu.Lock()
 			cut := p.throttle.rate > 0
@@ -200,5 +207,33 @@ func TestSendPacesWhenEverythingWaits(t *testing.T) {
 	wantAll(t, out, channel.Deferred)
 	if d := time.Since(start); d < 40*time.Millisecond {
 		t.Errorf("a Send that deferred everything returned after %v; want it held about MaxWait (50ms)", d)
+	}
+}
+
+// TestRelaySlowDownAtRcpt: a smarthost limiting the recipients a client sends answers 450 at
+// RCPT TO whoever the recipient. From the third domain so answered within the window the relay
+// is taken as throttled, and its further 450s at RCPT TO send their messages back untried
+// (Deferred) instead of to a retry wait.
+func TestRelaySlowDownAtRcpt(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			var msgs []channel.Message
+			for i := range 6 {
+				to := fmt.Sprintf("user@d%d.example", i)
+				s.Script(to, smtptest.Always(smtptest.Action{Code: 450, Enhanced: "4.7.1", Text: "Error: too many recipients from 127.0.0.1"}))
+				msgs = append(msgs, channel.Message{To: to, From: "bounces@herald.test", Data: fmt.Appendf(nil, testBody, to, i)})
+			}
+			// One connection, one try a message: the answers come in order.
+			tr := newTestTransport(t, Options{Clock: newFakeClock(), MaxAttempts: 1}, plainRelay(s, 1))
+			out := send(t, tr, msgs)
+			for i := range out {
+				want := channel.Deferred
+				if i < relayThrottleDomains-1 { // before the relay is taken as throttled
+					want = channel.SoftFail
+				}
+				wantStatus(t, out, i, want)
+			}
+		})
 	}
 }

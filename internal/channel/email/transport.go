@@ -765,11 +765,27 @@ func (t *Transport) throttleRelay(p *pool, why string) {
 	}
 }
 
-// relayThrottled reports an answer to MAIL FROM that asks to slow down: the
-// relay's, since no recipient was named yet. Its message is given back
-// untried, to go at the relay's cut rate (or back to the queue, Deferred).
-func relayThrottled(stage int, o channel.Outcome) bool {
-	return stage == 0 && isThrottle(o.Code)
+// relayThrottled reports an answer at stage (0: MAIL FROM, 1: RCPT TO) that
+// asks to slow down for the relay itself: any to MAIL FROM, since no
+// recipient was named yet, and one to RCPT TO while the relay is throttled
+// (it answered so for several domains at once: feedback), as a smarthost
+// limiting the recipients a client sends answers ("450 4.7.1 Error: too many
+// recipients from ..."). Its message is given back untried, to go at the
+// relay's cut rate (or back to the queue, Deferred), not to a retry wait.
+func (t *Transport) relayThrottled(p *pool, stage int, o channel.Outcome) bool {
+	if !isThrottle(o.Code) {
+		return false
+	}
+	switch stage {
+	case 0:
+		t.throttleRelay(p, fmt.Sprintf("%d %s %s", o.Code, o.Enhanced, o.Text))
+		return true
+	case 1:
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.throttle.rate > 0
+	}
+	return false
 }
 
 // slowDown is the outcome of a message the relay asked to send more slowly.
@@ -921,9 +937,8 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		if stage == 1 {
 			t.feedback(p, b.msgs[i].To, failure.Code)
 		}
-		throttled := relayThrottled(stage, failure)
+		throttled := t.relayThrottled(p, stage, failure)
 		if throttled {
-			t.throttleRelay(p, fmt.Sprintf("%d %s %s", failure.Code, failure.Enhanced, failure.Text))
 			failure = slowDown(failure)
 		}
 		t.done(b, i)
@@ -934,9 +949,12 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			b.requeue(i, failure, false)
 			return nil
 		}
-		if throttled {
+		if throttled && data != 354 {
 			b.requeue(i, failure, false)
 		} else {
+			// (With DATA accepted, the lone dot below ends the transaction and
+			// its reply settles message i: it must not go to another
+			// connection meanwhile.)
 			b.out[i] = failure
 		}
 		if data == 354 {
@@ -1003,8 +1021,7 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 				t.senderTaken(p)
 				t.feedback(p, m.To, code)
 			}
-			if relayThrottled(k, o) {
-				t.throttleRelay(p, fmt.Sprintf("%d %s %s", o.Code, o.Enhanced, o.Text))
+			if t.relayThrottled(p, k, o) {
 				o = slowDown(o)
 				failure = &o
 			}
