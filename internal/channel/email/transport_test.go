@@ -676,7 +676,8 @@ func TestSenderRefusedAtRcpt(t *testing.T) {
 func TestSenderRefusedFailover(t *testing.T) {
 	refusing := smtptest.Start(t, smtptest.Options{})
 	refusing.RefuseSenders(smtptest.Action{Code: 530, Enhanced: "5.7.0", Text: "Authentication required"})
-	good := smtptest.Start(t, smtptest.Options{})
+	// The good relay greets late, so that the refusing one is sure to be tried first.
+	good := smtptest.Start(t, smtptest.Options{GreetDelay: 50 * time.Millisecond})
 	tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(refusing, 4), plainRelay(good, 4))
 	msgs := testMessages(40, rcptN)
 	out := send(t, tr, msgs)
