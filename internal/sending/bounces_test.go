@@ -335,17 +335,7 @@ func TestBounceRules(t *testing.T) {
 func TestBouncesForInternationalisedDomains(t *testing.T) {
 	hard, soft := true, false
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
-		f := newBounceFixtureWith(t, db, 2, func(f *fixture) {
-			for i, a := range []string{"anna@bücher.de", "jörg@bücher.de"} {
-				if _, err := db.Write.Exec(`UPDATE sending_log SET address = $1 WHERE address = $2`, a, f.addrs[i]); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := db.Write.Exec(`UPDATE profiles SET email = $1, email_key = $1, email_domain = 'bücher.de' WHERE email = $2`, a, f.addrs[i]); err != nil {
-					t.Fatal(err)
-				}
-				f.addrs[i] = a
-			}
-		})
+		f := newBounceFixtureWith(t, db, 2, func(f *fixture) { f.readdress(t, "anna@bücher.de", "jörg@bücher.de") })
 		ctx := context.Background()
 		if _, ok := f.sent["anna@xn--bcher-kva.de"]; !ok {
 			t.Fatalf("sent to %v", f.sent)

@@ -97,6 +97,21 @@ func testTracking(tb testing.TB) (*tracking.Links, *ReturnPath) {
 	return links, rp
 }
 
+// readdress gives the fixture's first profiles, and their rows, the addresses addrs.
+func (f *fixture) readdress(t *testing.T, addrs ...string) {
+	t.Helper()
+	for i, a := range addrs {
+		dom := a[strings.LastIndexByte(a, '@')+1:]
+		if _, err := f.db.Write.Exec(`UPDATE sending_log SET address = $1 WHERE address = $2`, a, f.addrs[i]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.db.Write.Exec(`UPDATE profiles SET email = $1, email_key = $1, email_domain = $2 WHERE email = $3`, a, dom, f.addrs[i]); err != nil {
+			t.Fatal(err)
+		}
+		f.addrs[i] = a
+	}
+}
+
 func (f *fixture) engine(t *testing.T, sender channel.Sender, node string, batch int) *Engine {
 	t.Helper()
 	return f.engineWith(t, sender, node, batch, func(*Config) {})
@@ -484,16 +499,7 @@ func testRefusedSenderRetries(t *testing.T, stage string) {
 func TestInternationalisedAddresses(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 3, 84*time.Hour)
-		idn := []string{"anna@bücher.de", "jörg@bücher.de"}
-		for i, a := range idn {
-			if _, err := db.Write.Exec(`UPDATE sending_log SET address = $1 WHERE address = $2`, a, f.addrs[i]); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := db.Write.Exec(`UPDATE profiles SET email = $1, email_key = $1, email_domain = 'bücher.de' WHERE email = $2`, a, f.addrs[i]); err != nil {
-				t.Fatal(err)
-			}
-			f.addrs[i] = a
-		}
+		f.readdress(t, "anna@bücher.de", "jörg@bücher.de")
 		srv := smtptest.Start(t, smtptest.Options{SMTPUTF8: true})
 		e := f.engine(t, transport(t, srv), "n1", 10)
 		drain(t, e)
