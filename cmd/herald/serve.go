@@ -124,6 +124,7 @@ func serve(ctx context.Context, cmd *cobra.Command, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	srv.Sending = engine
 	srv.Registry().MustRegister(engine)
 	if c, ok := sender.(prometheus.Collector); ok { // the SMTP transport: relays, throttled domains
 		srv.Registry().MustRegister(c)

@@ -577,6 +577,9 @@ func TestOutageOutlastingValidity(t *testing.T) {
 		if s := f.state(t); s != delivery.Sending {
 			t.Fatalf("during the outage: delivery is %s, want sending", s)
 		}
+		if w := e.Waiting(); !strings.Contains(w, "no SMTP relay available") || !strings.Contains(w, "connection refused") || !strings.Contains(w, "next try in") {
+			t.Errorf("Waiting() during the outage = %q", w)
+		}
 		f.clk.Advance(time.Hour)
 		drain(t, e)
 		for _, a := range f.addrs {

@@ -26,8 +26,11 @@ type Progress struct {
 	Rate float64 `json:"rate"`
 	// ETASeconds is the time left at Rate for the rows still pending or in flight; nil when
 	// nothing is being sent.
-	ETASeconds *int64    `json:"eta_seconds"`
-	At         time.Time `json:"at"`
+	ETASeconds *int64 `json:"eta_seconds"`
+	// Waiting, while the delivery is sending, says why nothing goes out: no relay can be used
+	// (Engine.Waiting); "" (absent) otherwise.
+	Waiting string    `json:"waiting,omitempty"`
+	At      time.Time `json:"at"`
 }
 
 // ProgressOf computes delivery id's progress at the clock's now. Its cost does not grow with

@@ -71,6 +71,7 @@ func (s *Server) handleGetDelivery(w http.ResponseWriter, r *http.Request, _ aut
 		if err != nil {
 			return nil, err
 		}
+		s.noteWaiting(&p, d.State)
 		return deliveryView{Delivery: d, KPIs: k, Progress: p}, nil
 	})
 }

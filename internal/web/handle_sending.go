@@ -43,6 +43,7 @@ func (s *Server) handleDeliveryEvents(w http.ResponseWriter, r *http.Request, _ 
 		if err != nil {
 			return
 		}
+		s.noteWaiting(&p, d.State)
 		data, _ := json.Marshal(map[string]any{"id": id, "state": d.State, "progress": p})
 		if _, err := fmt.Fprintf(w, "event: progress\ndata: %s\n\n", data); err != nil {
 			return
@@ -103,4 +104,12 @@ func (s *Server) handleGetCaptured(w http.ResponseWriter, r *http.Request, _ aut
 	w.Header().Set("Content-Disposition", fmt.Sprintf(`inline; filename="captured-%d.eml"`, id))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(c.Data)
+}
+
+// noteWaiting tells, in the progress of a delivery that is sending, why nothing goes out when
+// no relay can be used.
+func (s *Server) noteWaiting(p *sending.Progress, st delivery.State) {
+	if s.Sending != nil && (st == delivery.Sending || st == delivery.Retrying) {
+		p.Waiting = s.Sending.Waiting()
+	}
 }

@@ -56,6 +56,9 @@ type Deps struct {
 	Links *tracking.Links
 	// Bounces serves the bounce webhook endpoints; nil answers them 404.
 	Bounces *BounceWebhooks
+	// Sending says why sending is held up (sending.Engine.Waiting), for a delivery's progress;
+	// nil when this process runs no engine.
+	Sending interface{ Waiting() string }
 }
 
 // Server routes HTTP requests to handlers.

@@ -350,6 +350,12 @@ func (t *Transport) Wait() time.Duration {
 	return wait
 }
 
+// WaitReason says why no relay can be used, while Wait says to wait: each
+// skipped relay's last error.
+func (t *Transport) WaitReason() string {
+	return "no SMTP relay available: " + t.downReason()
+}
+
 func (t *Transport) upPools() []*pool {
 	now := t.clock.Now()
 	var up []*pool
