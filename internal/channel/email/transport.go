@@ -98,10 +98,10 @@ type pool struct {
 	// closed when one of them is done (see waitDials).
 	dialing int
 	dialed  chan struct{}
-	// refusing says the relay's last answer to MAIL FROM refused the envelope
-	// sender (see senderRefused): it is skipped like a relay that is down,
-	// and a connection opened does not end its back-off; a sender it takes
-	// again does.
+	// refusing says the relay last refused the envelope sender (at MAIL FROM
+	// or RCPT TO: see senderRefused): it is skipped like a relay that is
+	// down, and a connection opened does not end its back-off; a sender it
+	// takes again does.
 	refusing atomic.Bool
 	// unverified says the last connection opened took a certificate that
 	// does not verify (opportunistic STARTTLS), to log the change once.
