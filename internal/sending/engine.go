@@ -452,6 +452,11 @@ func (e *Engine) step(ctx context.Context, w *worker) (int, error) {
 			continue
 		}
 		if gated {
+			// Nothing is claimed, but a delivery whose last batch went out just before the
+			// outage still finishes.
+			if err := e.settle(ctx, d); err != nil {
+				return 0, err
+			}
 			continue
 		}
 		rows, err := e.claim(ctx, d.id)

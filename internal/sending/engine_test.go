@@ -593,6 +593,55 @@ func TestOutageOutlastingValidity(t *testing.T) {
 	})
 }
 
+// TestOutageStillFinishesWhatIsDone: a delivery whose every row was sent before the relay went
+// down finishes during the outage; one with rows left stays sending.
+func TestOutageStillFinishesWhatIsDone(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 2, 84*time.Hour)
+		if _, err := db.Write.Exec(`UPDATE sending_log SET status = 'sent', attempts = 1, sent_at = $1 WHERE delivery_id = $2`,
+			t0.UnixMilli(), f.id); err != nil {
+			t.Fatal(err)
+		}
+		// Another delivery to the same profiles, its rows pending.
+		var other int64
+		if err := db.Write.QueryRow(`INSERT INTO deliveries (name, channel, content, state, validity_seconds, validity_until, prepared_hash, created_at, updated_at, to_deliver, targeted)
+			SELECT 'other', channel, content, state, validity_seconds, validity_until, prepared_hash, created_at, updated_at, to_deliver, targeted
+			FROM deliveries WHERE id = $1 RETURNING id`, f.id).Scan(&other); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Write.Exec(`INSERT INTO sending_log (delivery_id, profile_id, address, status)
+			SELECT $1, profile_id, address, 'pending' FROM sending_log WHERE delivery_id = $2`, other, f.id); err != nil {
+			t.Fatal(err)
+		}
+		dead := smtptest.Start(t, smtptest.Options{})
+		down := transport(t, dead)
+		dead.Close()
+		out := make([]channel.Outcome, 1)
+		_ = down.Send(context.Background(), []channel.Message{{To: "a@example.org", From: "b@example.org", Data: []byte("x\r\n")}}, out)
+		if down.Wait() <= 0 {
+			t.Fatal("the relay is not skipped after a failed dial")
+		}
+		e := f.engine(t, down, "n1", 10)
+		for range 3 {
+			if _, err := e.Step(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s := f.state(t); s != delivery.Finished {
+			t.Errorf("a delivery sent in full is %s during the outage, want finished", s)
+		}
+		var st string
+		var tried int
+		if err := db.Read.QueryRow(`SELECT state, (SELECT COUNT(*) FROM sending_log WHERE delivery_id = $1 AND attempts > 0)
+			FROM deliveries WHERE id = $1`, other).Scan(&st, &tried); err != nil {
+			t.Fatal(err)
+		}
+		if st != string(delivery.Sending) || tried != 0 {
+			t.Errorf("a delivery with rows left is %s with %d rows tried during the outage, want sending, none", st, tried)
+		}
+	})
+}
+
 func TestSoftFailuresExpireAtValidity(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, db *store.DB) {
 		f := newFixture(t, db, 1, time.Hour)
