@@ -109,15 +109,21 @@ func (p *pool) throttled(now time.Time) (rate float64, first bool) {
 	return th.rate, first
 }
 
-// recovered doubles a throttled rate after relayRecover without a throttling answer, and
-// ends the throttle once the rate is back where it was cut from (or the configured rate
-// binds again). It reports whether the throttle ended. p.mu is held.
+// recovered doubles a throttled rate for each relayRecover passed without a throttling
+// answer, all of them at once after a quiet spell (a relay idle for an hour is not cut
+// still), and ends the throttle once the rate is back where it was cut from (or the
+// configured rate binds again). It reports whether the throttle ended. p.mu is held.
 func (p *pool) recovered(now time.Time) bool {
 	th := &p.throttle
-	if th.rate == 0 || now.Sub(th.changed) < relayRecover {
+	if th.rate == 0 {
 		return false
 	}
-	th.rate, th.changed = th.rate*2, now
+	steps := int(now.Sub(th.changed) / relayRecover)
+	if steps <= 0 {
+		return false
+	}
+	th.rate *= math.Pow(2, float64(min(steps, 60)))
+	th.changed = th.changed.Add(time.Duration(steps) * relayRecover)
 	c := p.configuredRate()
 	done := th.rate >= th.from || (c > 0 && th.rate >= c)
 	if done {

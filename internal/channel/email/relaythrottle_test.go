@@ -81,6 +81,19 @@ func TestRelayThrottleCutsAndRecovers(t *testing.T) {
 	if !q.recovered(now.Add(relayRecover)) || q.rate.rate != 50 {
 		t.Fatalf("recovered to %v, want the configured share of 50", q.rate.rate)
 	}
+	// A relay idle for many quiet periods is back at once at its next message, not one
+	// doubling at a time.
+	r := &pool{share: 1, rate: newBucket(0, now)}
+	for i := range 100 {
+		r.throttle.meter.add(now.Add(-time.Duration(99-i) * 9 * time.Millisecond))
+	}
+	r.throttled(now)
+	r.throttled(now.Add(throttleDebounce))
+	r.throttled(now.Add(2 * throttleDebounce)) // 100 a second cut to 12.5
+	if !r.recovered(now.Add(2*throttleDebounce+10*relayRecover)) || r.rate.rate != 0 {
+		t.Errorf("after ten quiet periods at once: bucket %v, throttle %v; want no limit", r.rate.rate, r.throttle.rate)
+	}
+
 	// Never below the floor; answers there put off the recovery.
 	for i := range 20 {
 		q.throttled(now.Add(time.Duration(i+2) * time.Second))
