@@ -143,6 +143,7 @@ type Shared interface {
 // Deferred: an outage costs the recipients no attempt and no retry wait, and the delivery goes
 // on when the Sender is back.
 type Gate interface {
-	// Wait returns how long until the Sender may take messages again; 0 when it may now.
-	Wait() time.Duration
+	// Wait returns how long until the Sender may take messages again, and why it may not now
+	// (for the operator: each relay's last error); 0 and "" when it may now.
+	Wait() (time.Duration, string)
 }

@@ -526,11 +526,11 @@ func (c *countingSender) Send(ctx context.Context, msgs []channel.Message, out [
 
 // Wait forwards channel.Gate, so that the engine waits out an outage of the sink as it would
 // one of a relay.
-func (c *countingSender) Wait() time.Duration {
+func (c *countingSender) Wait() (time.Duration, string) {
 	if g, ok := c.Sender.(channel.Gate); ok {
 		return g.Wait()
 	}
-	return 0
+	return 0, ""
 }
 
 // cpuTime returns the process's user+system CPU seconds.

@@ -414,6 +414,26 @@ func (e *Engine) work(ctx context.Context, worker int) {
 	}
 }
 
+// gate returns how long the Sender has no way out for, and why (channel.Gate); 0 and "" when
+// it can send, or cannot tell.
+func (e *Engine) gate() (time.Duration, string) {
+	if g, ok := e.cfg.Sender.(channel.Gate); ok {
+		return g.Wait()
+	}
+	return 0, ""
+}
+
+// Waiting says why this node's engine claims nothing although deliveries may be sending: its
+// Sender has no way out for now (channel.Gate), and when it tries again; "" while it can send.
+// Every node has the same relays, so one node's answer stands for the installation's.
+func (e *Engine) Waiting() string {
+	wait, why := e.gate()
+	if wait <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s; next try in %v", why, wait.Round(100*time.Millisecond))
+}
+
 // Step does one round of work on the calling goroutine: it returns expired in-flight rows to
 // the queue, claims one batch of one active delivery, sends it and writes the outcomes back,
 // and settles the state of deliveries with nothing left to claim. It returns the number of
@@ -438,10 +458,8 @@ func (e *Engine) step(ctx context.Context, w *worker) (int, error) {
 	now := e.clock.Now()
 	// While the Sender has no way out (every relay down or refusing the sender), no batch is
 	// claimed: the rows stay pending, untried, and the delivery goes on when it is back.
-	gated := false
-	if g, ok := e.cfg.Sender.(channel.Gate); ok {
-		gated = g.Wait() > 0
-	}
+	wait, _ := e.gate()
+	gated := wait > 0
 	first := int(e.rr.Add(1) % uint64(len(active)))
 	for k := range active {
 		d := active[(first+k)%len(active)]

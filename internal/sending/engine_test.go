@@ -389,11 +389,11 @@ func (s *switchSender) Send(ctx context.Context, m []channel.Message, o []channe
 func (s *switchSender) Close() error { return nil }
 
 // Wait forwards channel.Gate to the Sender in use.
-func (s *switchSender) Wait() time.Duration {
+func (s *switchSender) Wait() (time.Duration, string) {
 	if g, ok := (*s.p.Load()).(channel.Gate); ok {
 		return g.Wait()
 	}
-	return 0
+	return 0, ""
 }
 
 func TestRelayDownWaitsAndDropAfterDataIsAmbiguous(t *testing.T) {
@@ -618,7 +618,7 @@ func TestOutageStillFinishesWhatIsDone(t *testing.T) {
 		dead.Close()
 		out := make([]channel.Outcome, 1)
 		_ = down.Send(context.Background(), []channel.Message{{To: "a@example.org", From: "b@example.org", Data: []byte("x\r\n")}}, out)
-		if down.Wait() <= 0 {
+		if wait, _ := down.Wait(); wait <= 0 {
 			t.Fatal("the relay is not skipped after a failed dial")
 		}
 		e := f.engine(t, down, "n1", 10)

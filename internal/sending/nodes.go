@@ -104,23 +104,3 @@ func (e *Engine) leave() {
 		e.log.Warn("sending: could not remove this node from the live nodes", "node", e.cfg.NodeID, "error", err)
 	}
 }
-
-// Waiting says why this node's engine claims nothing although deliveries may be sending: its
-// Sender has no way out for now (channel.Gate), with the Sender's reason when it gives one
-// (WaitReason) and when it tries again; "" while it can send. Every node has the same relays,
-// so one node's answer stands for the installation's.
-func (e *Engine) Waiting() string {
-	g, ok := e.cfg.Sender.(channel.Gate)
-	if !ok {
-		return ""
-	}
-	wait := g.Wait()
-	if wait <= 0 {
-		return ""
-	}
-	reason := "the channel cannot send for now"
-	if r, ok := e.cfg.Sender.(interface{ WaitReason() string }); ok {
-		reason = r.WaitReason()
-	}
-	return fmt.Sprintf("%s; next try in %v", reason, wait.Round(100*time.Millisecond))
-}

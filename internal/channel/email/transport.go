@@ -331,9 +331,10 @@ func (t *Transport) Close() error {
 	return nil
 }
 
-// Wait returns how long until a relay may be tried again: 0 while one is up,
-// else the shortest back-off left (channel.Gate).
-func (t *Transport) Wait() time.Duration {
+// Wait returns how long until a relay may be tried again, 0 while one is up,
+// else the shortest back-off left, and why: each skipped relay's last error
+// (channel.Gate).
+func (t *Transport) Wait() (time.Duration, string) {
 	now := t.clock.Now()
 	var wait time.Duration
 	for _, p := range t.pools {
@@ -341,19 +342,13 @@ func (t *Transport) Wait() time.Duration {
 		left := p.downUntil.Sub(now)
 		p.mu.Unlock()
 		if left <= 0 {
-			return 0
+			return 0, ""
 		}
 		if wait == 0 || left < wait {
 			wait = left
 		}
 	}
-	return wait
-}
-
-// WaitReason says why no relay can be used, while Wait says to wait: each
-// skipped relay's last error.
-func (t *Transport) WaitReason() string {
-	return "no SMTP relay available: " + t.downReason()
+	return wait, "no SMTP relay available: " + t.downReason()
 }
 
 func (t *Transport) upPools() []*pool {

@@ -591,7 +591,7 @@ func TestSenderRefused(t *testing.T) {
 			refusals := s.SenderRefusals()
 			out = send(t, tr, testMessages(5, rcptN))
 			wantAll(t, out, channel.Deferred)
-			if tr.Wait() <= 0 {
+			if wait, _ := tr.Wait(); wait <= 0 {
 				t.Error("Wait() = 0 while the relay refusing the sender is skipped")
 			}
 			if s.SenderRefusals() != refusals {
@@ -741,8 +741,8 @@ func TestDialFailedTellsDownFromLimit(t *testing.T) {
 			p := tr.pools[0]
 			p.open = 3
 			tr.dialFailed(context.Background(), p, tc.err)
-			if down := tr.Wait() > 0; down != tc.down {
-				t.Errorf("relay down = %v, want %v", down, tc.down)
+			if wait, _ := tr.Wait(); (wait > 0) != tc.down {
+				t.Errorf("relay down = %v, want %v", wait > 0, tc.down)
 			}
 			if limited := p.maxConns(clock.Now()) == 3; limited == tc.down {
 				t.Errorf("connections limited to those open = %v, want %v", limited, !tc.down)
@@ -763,8 +763,8 @@ func TestAllRelaysDown(t *testing.T) {
 			t.Errorf("out[%d] = %+v", i, out[i])
 		}
 	}
-	if w := tr.Wait(); w <= 0 {
-		t.Errorf("Wait() = %v with every relay down, want the back-off left", w)
+	if w, why := tr.Wait(); w <= 0 || !strings.Contains(why, "no SMTP relay available") {
+		t.Errorf("Wait() = %v, %q with every relay down, want the back-off left and why", w, why)
 	}
 }
 
