@@ -171,11 +171,11 @@ func parseDomainEntries(s, want string, set func(dom, value string) error) error
 				return fmt.Errorf("%s: %q is not a domain name (or * for every other domain): %w", where, dom, err)
 			}
 			// Messages go to an internationalised domain in its ASCII form.
-			env, _, err := email.EnvelopeAddress("x@" + dom)
+			a, err := email.ASCIIDomain(dom)
 			if err != nil {
-				return fmt.Errorf("%s: %w", where, err)
+				return fmt.Errorf("%s: %q is not a valid internationalised domain name: %w", where, dom, err)
 			}
-			dom = env[2:]
+			dom = a
 		}
 		if seen[dom] {
 			return fmt.Errorf("%s: %s is capped twice", where, dom)

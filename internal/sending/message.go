@@ -306,7 +306,7 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 			b.failed = append(b.failed, failedRow{row, "the profile no longer exists"})
 			continue
 		}
-		to, _, err := email.EnvelopeAddress(row.address)
+		to, err := email.EnvelopeAddress(row.address)
 		if err != nil {
 			b.failed = append(b.failed, failedRow{row, err.Error()})
 			continue

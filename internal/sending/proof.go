@@ -29,7 +29,7 @@ func (p *ProofSender) SendProofs(ctx context.Context, d delivery.Delivery, msgs 
 	out := make([]channel.Outcome, len(msgs))
 	batch := make([]channel.Message, len(msgs))
 	for i, m := range msgs {
-		to, _, err := email.EnvelopeAddress(m.To)
+		to, err := email.EnvelopeAddress(m.To)
 		if err != nil {
 			return problem.Invalidf("to", "the proof cannot be sent: %v", err)
 		}

@@ -11,25 +11,30 @@ import (
 // EnvelopeAddress returns addr as it goes into the envelope and the To header: a domain with
 // letters beyond ASCII (an internationalised domain name, RFC 5890) in its ASCII form
 // ("bücher.de" becomes "xn--bcher-kva.de"), which every server takes, and an ASCII address as
-// it is. utf8Local reports a local part that is still not ASCII (RFC 6531): such a message can
-// only go to a relay that offers SMTPUTF8, and Send fails it where the relay does not.
-func EnvelopeAddress(addr string) (env string, utf8Local bool, err error) {
+// it is. A local part beyond ASCII stays (RFC 6531): such a message can only go to a relay that
+// offers SMTPUTF8, and Send fails it where the relay does not (needsUTF8).
+func EnvelopeAddress(addr string) (string, error) {
 	if ascii(addr) {
-		return addr, false, nil
+		return addr, nil
 	}
 	at := strings.LastIndexByte(addr, '@')
 	if at <= 0 || !utf8.ValidString(addr) {
-		return "", false, fmt.Errorf("%q is not a valid email address", addr)
+		return "", fmt.Errorf("%q is not a valid email address", addr)
 	}
-	local, dom := addr[:at], addr[at+1:]
-	if !ascii(dom) {
-		a, err := idna.Lookup.ToASCII(dom)
-		if err != nil {
-			return "", false, fmt.Errorf("the domain of %q is not a valid internationalised domain name: %w", addr, err)
-		}
-		dom = a
+	dom, err := ASCIIDomain(addr[at+1:])
+	if err != nil {
+		return "", fmt.Errorf("the domain of %q is not a valid internationalised domain name: %w", addr, err)
 	}
-	return local + "@" + dom, !ascii(local), nil
+	return addr[:at+1] + dom, nil
+}
+
+// ASCIIDomain returns domain in the ASCII form messages go to: its A-labels when it has
+// letters beyond ASCII, else as it is.
+func ASCIIDomain(domain string) (string, error) {
+	if ascii(domain) {
+		return domain, nil
+	}
+	return idna.Lookup.ToASCII(domain)
 }
 
 // SameAddress reports whether a and b name one mailbox as sent: equal but for
@@ -39,8 +44,8 @@ func SameAddress(a, b string) bool {
 	if strings.EqualFold(a, b) {
 		return true
 	}
-	ea, _, errA := EnvelopeAddress(a)
-	eb, _, errB := EnvelopeAddress(b)
+	ea, errA := EnvelopeAddress(a)
+	eb, errB := EnvelopeAddress(b)
 	return errA == nil && errB == nil && strings.EqualFold(ea, eb)
 }
 

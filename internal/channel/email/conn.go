@@ -353,9 +353,7 @@ func (c *conn) writeEnvelope(from, to string) {
 	c.w.WriteString("MAIL FROM:<")
 	c.w.WriteString(from)
 	c.w.WriteString(">")
-	if needsUTF8(from, to) {
-		c.w.WriteString(" SMTPUTF8")
-	}
+	c.w.WriteString(utf8Param(from, to))
 	c.w.WriteString("\r\nRCPT TO:<")
 	c.w.WriteString(to)
 	c.w.WriteString(">\r\nDATA\r\n")
