@@ -89,10 +89,12 @@ func (p *pool) applyRate(now time.Time) {
 // and whether it was the first cut. p.mu is held.
 func (p *pool) throttled(now time.Time) (rate float64, first bool) {
 	th := &p.throttle
-	if th.rate > 0 && (now.Sub(th.changed) < throttleDebounce || th.rate <= minRelayRate) {
-		if th.rate <= minRelayRate {
-			th.changed = now // still asked to slow down: no recovery yet
-		}
+	switch {
+	case th.rate == 0:
+	case th.rate <= minRelayRate:
+		th.changed = now // still asked to slow down: no recovery yet
+		return 0, false
+	case now.Sub(th.changed) < throttleDebounce:
 		return 0, false
 	}
 	first = th.rate == 0

@@ -687,10 +687,9 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy b
 		recovered := p.recovered(now)
 		wait = max(wait, p.rate.reserve(now))
 		p.throttle.meter.add(now)
-		rate := p.rate.rate
 		p.mu.Unlock()
 		if recovered {
-			t.log.Info("smtp relay quiet again; its rate is no longer cut", "relay", p.relay.String(), "rate", rate)
+			t.log.Info("smtp relay quiet again; its rate is no longer cut", "relay", p.relay.String())
 		}
 		if wait == 0 {
 			return i
@@ -768,11 +767,12 @@ func (t *Transport) throttleRelay(p *pool, why string) {
 
 // relayThrottled reports an answer at stage (0: MAIL FROM, 1: RCPT TO) that
 // asks to slow down for the relay itself: any to MAIL FROM, since no
-// recipient was named yet, and one to RCPT TO while the relay is throttled
-// (it answered so for several domains at once: feedback), as a smarthost
-// limiting the recipients a client sends answers ("450 4.7.1 Error: too many
-// recipients from ..."). Its message is given back untried, to go at the
-// relay's cut rate (or back to the queue, Deferred), not to a retry wait.
+// recipient was named yet, which also cuts the relay's rate (throttleRelay),
+// and one to RCPT TO while the relay is throttled (it answered so for
+// several domains at once: feedback), as a smarthost limiting the recipients
+// a client sends answers ("450 4.7.1 Error: too many recipients from ...").
+// Its message is given back untried, to go at the relay's cut rate (or back
+// to the queue, Deferred), not to a retry wait.
 func (t *Transport) relayThrottled(p *pool, stage int, o channel.Outcome) bool {
 	if !isThrottle(o.Code) {
 		return false
