@@ -97,6 +97,20 @@ func testTracking(tb testing.TB) (*tracking.Links, *ReturnPath) {
 	return links, rp
 }
 
+// wantSentAtFirstTry fails unless every row was sent at its first attempt and the delivery
+// finished; when says at what point of the test.
+func (f *fixture) wantSentAtFirstTry(t *testing.T, when string) {
+	t.Helper()
+	for _, a := range f.addrs {
+		if r := f.row(t, a); r.status != "sent" || r.attempts != 1 {
+			t.Fatalf("%s: %s: %+v, want sent at the first attempt", when, a, r)
+		}
+	}
+	if s := f.state(t); s != delivery.Finished {
+		t.Fatalf("%s: delivery is %s, want finished", when, s)
+	}
+}
+
 // readdress gives the fixture's first profiles, and their rows, the addresses addrs.
 func (f *fixture) readdress(t *testing.T, addrs ...string) {
 	t.Helper()
@@ -481,14 +495,7 @@ func testRefusedSenderRetries(t *testing.T, stage string) {
 		srv := smtptest.Start(t, smtptest.Options{})
 		sw.set(transport(t, srv))
 		drain(t, e)
-		for _, a := range f.addrs {
-			if r := f.row(t, a); r.status != "sent" || r.attempts != 1 {
-				t.Fatalf("after the relay took the sender: %+v, want sent at the first attempt", r)
-			}
-		}
-		if s := f.state(t); s != delivery.Finished {
-			t.Fatalf("delivery is %s, want finished", s)
-		}
+		f.wantSentAtFirstTry(t, "after the relay took the sender")
 	})
 }
 
@@ -542,16 +549,9 @@ func TestRelaySlowDownIsNoRetry(t *testing.T) {
 		t.Cleanup(func() { tr.Close() })
 		e := f.engine(t, tr, "n1", 10)
 		drain(t, e)
-		for _, a := range f.addrs {
-			if r := f.row(t, a); r.status != "sent" || r.attempts != 1 {
-				t.Fatalf("%s: %+v, want sent at the first attempt", a, r)
-			}
-		}
+		f.wantSentAtFirstTry(t, "after the relay's slow-down")
 		if srv.SenderRefusals() != 5 {
 			t.Fatalf("the relay turned away %d, want 5", srv.SenderRefusals())
-		}
-		if s := f.state(t); s != delivery.Finished {
-			t.Fatalf("delivery is %s, want finished", s)
 		}
 		var retried int
 		if err := db.Read.QueryRow(`SELECT COUNT(*) FROM audit_log WHERE action = 'delivery.retry' AND object_id = $1`,
