@@ -116,7 +116,9 @@ type Sender interface {
 	//
 	// Send does not retry answers from the provider (a 4xx is reported as
 	// SoftFail for the engine to retry later), but it may retry a message
-	// that it knows was never handed over, on another connection or relay.
+	// that it knows was never handed over, on another connection or relay,
+	// and one the provider turned away to slow the sender down, not for its
+	// recipient (Deferred when it cannot be tried again in time).
 	// If ctx is cancelled, messages not yet started are Deferred and
 	// messages already on the wire finish normally.
 	//
