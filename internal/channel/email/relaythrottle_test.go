@@ -223,10 +223,10 @@ func TestSendPacesWhenEverythingWaits(t *testing.T) {
 	}
 }
 
-// TestRelaySlowDownAtRcpt: a smarthost limiting the recipients a client sends answers 450 at
-// RCPT TO whoever the recipient. From the third domain so answered within the window the relay
-// is taken as throttled, and its further 450s at RCPT TO send their messages back untried
-// (Deferred) instead of to a retry wait.
+// TestRelaySlowDownAtRcpt: a relay answering 450 at RCPT TO whoever the recipient, in words
+// that say nothing of whose limit it is. From the third domain so answered within the window
+// the relay is taken as throttled, and its further 450s at RCPT TO send their messages back
+// untried (Deferred) instead of to a retry wait.
 func TestRelaySlowDownAtRcpt(t *testing.T) {
 	for _, tc := range smtpModes {
 		t.Run(tc.name, func(t *testing.T) {
@@ -234,7 +234,7 @@ func TestRelaySlowDownAtRcpt(t *testing.T) {
 			var msgs []channel.Message
 			for i := range 6 {
 				to := fmt.Sprintf("user@d%d.example", i)
-				s.Script(to, smtptest.Always(smtptest.Action{Code: 450, Enhanced: "4.7.1", Text: "Error: too many recipients from 127.0.0.1"}))
+				s.Script(to, smtptest.Always(smtptest.Action{Code: 450, Enhanced: "4.7.1", Text: "Try again later"}))
 				msgs = append(msgs, channel.Message{To: to, From: "bounces@herald.test", Data: fmt.Appendf(nil, testBody, to, i)})
 			}
 			// One connection, one try a message: the answers come in order.
@@ -248,5 +248,75 @@ func TestRelaySlowDownAtRcpt(t *testing.T) {
 				wantStatus(t, out, i, want)
 			}
 		})
+	}
+}
+
+// TestRelaySaysItIsItsLimit: a refusal whose words say the client sends too much is the
+// relay's from the first, at RCPT TO (Postfix's smtpd_client_recipient_rate_limit) as after
+// the data (Amazon SES's 454): every message comes back untried, the relay's rate is cut at
+// once, and no recipient domain is slowed down for it.
+func TestRelaySaysItIsItsLimit(t *testing.T) {
+	answers := []struct {
+		name string
+		a    smtptest.Action
+	}{
+		{"postfix at rcpt", smtptest.Action{Code: 450, Enhanced: "4.7.1", Text: "Error: too many recipients from 127.0.0.1"}},
+		{"ses after data", smtptest.Action{Stage: smtptest.AtData, Code: 454, Text: "Throttling failure: Maximum sending rate exceeded"}},
+	}
+	for _, ans := range answers {
+		for _, tc := range smtpModes {
+			t.Run(ans.name+"/"+tc.name, func(t *testing.T) {
+				s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+				var msgs []channel.Message
+				for i := range 4 {
+					to := fmt.Sprintf("user@d%d.example", i)
+					s.Script(to, smtptest.Always(ans.a))
+					msgs = append(msgs, channel.Message{To: to, From: "bounces@herald.test", Data: fmt.Appendf(nil, testBody, to, i)})
+				}
+				tr := newTestTransport(t, Options{Clock: newFakeClock(), MaxAttempts: 1}, plainRelay(s, 1))
+				out := send(t, tr, msgs)
+				wantAll(t, out, channel.Deferred)
+				p := tr.pools[0]
+				p.mu.Lock()
+				cut := p.throttle.rate > 0
+				p.mu.Unlock()
+				if !cut {
+					t.Error("the relay's rate was not cut")
+				}
+				for i := range msgs {
+					if r := tr.domains.Rate(domainOf(msgs[i].To)); r != 0 {
+						t.Errorf("domain %s slowed down to %v/s for the relay's limit", domainOf(msgs[i].To), r)
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestClientLimited(t *testing.T) {
+	const to = "ann@example.com"
+	for _, tc := range []struct {
+		code     int
+		enhanced string
+		text     string
+		want     bool
+	}{
+		{450, "", "Error: too many recipients from 192.0.2.1", true},
+		{450, "", "Error: too much mail from 192.0.2.1", true},
+		{454, "", "Throttling failure: Maximum sending rate exceeded", true},
+		{454, "", "Throttling failure: Daily message quota exceeded", true},
+		{451, "", "Ratelimit exceeded for sender", true},
+		{450, "", "Try again later", false},
+		{450, "", "<ann@example.com>: Recipient address rejected: Greylisted", false},
+		{450, "", "ann@example.com is receiving mail too fast: rate limit", false}, // the recipient's
+		{452, "", "Mailbox quota exceeded", false},
+		{554, "", "Throttling failure: Daily message quota exceeded", false}, // permanent: not a pace
+		{454, "", "TLS not available due to local problem", false},
+		{450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages: rate limit", false},
+		{450, "4.7.1", "Error: too many recipients from 192.0.2.1", true},
+	} {
+		if got := clientLimited(channel.Outcome{Code: tc.code, Enhanced: tc.enhanced, Text: tc.text}, to); got != tc.want {
+			t.Errorf("%d %s: clientLimited = %v, want %v", tc.code, tc.text, got, tc.want)
+		}
 	}
 }

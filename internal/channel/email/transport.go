@@ -765,26 +765,77 @@ func (t *Transport) throttleRelay(p *pool, why string) {
 	}
 }
 
-// relayThrottled reports an answer at stage (0: MAIL FROM, 1: RCPT TO) that
-// asks to slow down for the relay itself: any to MAIL FROM, since no
-// recipient was named yet, which also cuts the relay's rate (throttleRelay),
-// and one to RCPT TO while the relay is throttled (it answered so for
-// several domains at once: feedback), as a smarthost limiting the recipients
-// a client sends answers ("450 4.7.1 Error: too many recipients from ...").
+// relayThrottled reports an answer at stage (0: MAIL FROM, 1: RCPT TO, 2:
+// DATA) that asks to slow down for the relay itself, and then cuts the
+// relay's rate (throttleRelay) unless it is cut already:
+//   - an answer whose text says the client sends too much (own,
+//     clientLimited), at any stage;
+//   - a throttling code to MAIL FROM, since no recipient was named yet;
+//   - a throttling code to RCPT TO while the relay is throttled (it answered
+//     so for several domains at once: feedback).
+//
 // Its message is given back untried, to go at the relay's cut rate (or back
 // to the queue, Deferred), not to a retry wait.
-func (t *Transport) relayThrottled(p *pool, stage int, o channel.Outcome) bool {
-	if !isThrottle(o.Code) {
-		return false
-	}
-	switch stage {
-	case 0:
+func (t *Transport) relayThrottled(p *pool, stage int, o channel.Outcome, own bool) bool {
+	switch {
+	case own || stage == 0 && isThrottle(o.Code):
 		t.throttleRelay(p, fmt.Sprintf("%d %s %s", o.Code, o.Enhanced, o.Text))
 		return true
-	case 1:
+	case stage == 1 && isThrottle(o.Code):
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		return p.throttle.rate > 0
+	}
+	return false
+}
+
+// settle records the server's final answer o to message i's data. An answer
+// that the client sends too much (clientLimited: Amazon SES answers "454
+// Throttling failure: Maximum sending rate exceeded" there) cuts the relay's
+// rate and gives the message back untried; the others settle it and tell the
+// limiters (feedback).
+func (t *Transport) settle(p *pool, b *batch, i int, o channel.Outcome) {
+	if clientLimited(o, b.msgs[i].To) {
+		t.throttleRelay(p, fmt.Sprintf("%d %s %s", o.Code, o.Enhanced, o.Text))
+		b.requeue(i, slowDown(o), false)
+		return
+	}
+	b.out[i] = o
+	t.feedback(p, b.msgs[i].To, o.Code)
+}
+
+// clientLimitTexts are what temporary refusals say when the limit is on the
+// mail this client sends, not on the recipient: Postfix's anvil limits
+// ("450 4.7.1 Error: too many recipients from 192.0.2.1", "too much mail
+// from"), providers' quotas ("454 Throttling failure: Maximum sending rate
+// exceeded", "Daily message quota exceeded"), the wording of rate limits in
+// Exim's and others' configurations.
+var clientLimitTexts = []string{
+	"too many recipients from", "too much mail from", "too many messages from",
+	"rate limit", "ratelimit", "rate-limit", "rate exceeded", "throttl",
+	"sending rate", "sending quota", "message quota", "daily quota",
+}
+
+// clientLimited reports a temporary refusal whose text says that the client
+// sends too much (clientLimitTexts), unless it is about the recipient: its
+// enhanced code about the address or the mailbox (X.1.x, X.2.x: "450 4.2.1
+// The user you are trying to contact is receiving mail at a rate that
+// prevents additional messages"), or its text naming the recipient.
+func clientLimited(o channel.Outcome, to string) bool {
+	if o.Code < 400 || o.Code >= 500 {
+		return false
+	}
+	if len(o.Enhanced) > 2 && (o.Enhanced[2] == '1' || o.Enhanced[2] == '2') {
+		return false
+	}
+	text := strings.ToLower(o.Text)
+	if strings.Contains(text, strings.ToLower(to)) {
+		return false
+	}
+	for _, s := range clientLimitTexts {
+		if strings.Contains(text, s) {
+			return true
+		}
 	}
 	return false
 }
@@ -878,8 +929,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			replies++
 			t.done(b, body)
 			if !lone {
-				b.out[body] = outcome(code, c.text)
-				t.feedback(p, b.msgs[body].To, code)
+				t.settle(p, b, body, outcome(code, c.text))
 			}
 			body, lone = -1, false
 		}
@@ -935,10 +985,11 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		if refused {
 			return t.refuseSender(p, b, i, stage, failure)
 		}
-		if stage == 1 {
+		own := clientLimited(failure, b.msgs[i].To)
+		if stage == 1 && !own {
 			t.feedback(p, b.msgs[i].To, failure.Code)
 		}
-		throttled := t.relayThrottled(p, stage, failure)
+		throttled := t.relayThrottled(p, stage, failure, own)
 		if throttled {
 			failure = slowDown(failure)
 		}
@@ -1018,11 +1069,14 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			if senderRefused(k, o, m.From, m.To) {
 				return t.refuseSender(p, b, i, k, o)
 			}
+			own := clientLimited(o, m.To)
 			if k == 1 {
 				t.senderTaken(p)
-				t.feedback(p, m.To, code)
+				if !own {
+					t.feedback(p, m.To, code)
+				}
 			}
-			if t.relayThrottled(p, k, o) {
+			if t.relayThrottled(p, k, o, own) {
 				o = slowDown(o)
 				failure = &o
 			}
@@ -1060,8 +1114,7 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
 		}
 		replies++
-		b.out[i] = outcome(code, c.text)
-		t.feedback(p, m.To, code)
+		t.settle(p, b, i, outcome(code, c.text))
 		if c.broken {
 			return nil
 		}
