@@ -114,10 +114,9 @@ type DomainLimiter struct {
 }
 
 type domainState struct {
-	b         bucket
-	cap       float64 // configured cap, 0 = none
-	throttled bool
-	changed   time.Time // last rate change, for debounce and recovery
+	b    bucket
+	cap  float64  // configured cap, 0 = none
+	slow slowdown // while the domain's server asks to slow down
 }
 
 // NewDomainLimiter returns a limiter; a nil clock means the system clock.
@@ -163,6 +162,7 @@ func (l *DomainLimiter) SetShare(share float64) {
 	l.share = share
 	for dom, st := range l.domains {
 		st.cap = l.capOf(dom)
+		st.slow.scale(share / old)
 		st.b.setRate(st.b.rate*share/old, now)
 	}
 	l.mu.Unlock()
@@ -180,34 +180,28 @@ func (l *DomainLimiter) state(domain string, now time.Time) *domainState {
 		if c <= 0 {
 			return nil
 		}
-		st = &domainState{b: newBucket(c, now), cap: c, changed: now}
+		st = &domainState{b: newBucket(c, now), cap: c}
 		l.domains[domain] = st
 	}
-	if st.throttled && l.recover(st, now) {
+	if st.slow.on() && l.recover(st, now) {
 		delete(l.domains, domain)
 		return nil
 	}
 	return st
 }
 
-// recover raises a throttled rate for the quiet periods passed; it reports
-// whether an uncapped domain has recovered enough to lose its limit.
+// recover raises a throttled rate by half for each quiet period passed; it
+// reports whether an uncapped domain has recovered enough to lose its limit.
 func (l *DomainLimiter) recover(st *domainState, now time.Time) (lifted bool) {
-	steps := int(now.Sub(st.changed) / l.cfg.Recover)
-	if steps <= 0 {
-		return false
-	}
-	rate := st.b.rate * math.Pow(1.5, float64(steps))
-	st.changed = st.changed.Add(time.Duration(steps) * l.cfg.Recover)
-	switch {
-	case st.cap > 0 && rate >= st.cap:
-		st.b.rate, st.throttled = st.cap, false
-	case st.cap <= 0 && rate >= 20*l.cfg.Start*l.share:
+	before := st.slow.rate
+	switch ended := st.slow.recover(now, l.cfg.Recover, 1.5); {
+	case ended && st.cap <= 0:
 		return true
-	default:
-		st.b.rate = rate
+	case ended:
+		st.b.setRate(st.cap, now)
+	case st.slow.rate != before:
+		st.b.setRate(st.slow.rate, now)
 	}
-	st.b.burst = math.Max(1, st.b.rate/10)
 	return false
 }
 
@@ -245,17 +239,17 @@ func (l *DomainLimiter) Throttle(domain string) {
 	defer l.mu.Unlock()
 	now := l.clock.Now()
 	st := l.state(domain, now)
-	if st == nil {
-		st = &domainState{b: newBucket(l.cfg.Start*l.share, now), changed: now, throttled: true}
+	if st == nil { // not limited until now: down to Start, lifted again at 20 × Start
+		st = &domainState{}
+		start := l.cfg.Start * l.share
+		st.slow.cut(now, start, 20*start, l.cfg.Min)
+		st.b = newBucket(st.slow.rate, now)
 		l.domains[domain] = st
 		return
 	}
-	if st.throttled && now.Sub(st.changed) < throttleDebounce {
-		return
+	if st.slow.cut(now, st.cap/2, st.cap, l.cfg.Min) {
+		st.b.setRate(st.slow.rate, now)
 	}
-	st.throttled = true
-	st.changed = now
-	st.b.setRate(math.Max(l.cfg.Min, st.b.rate/2), now)
 }
 
 // Rate returns the domain's current limit in messages per second, 0 when
@@ -484,7 +478,7 @@ func (l *DomainLimiter) throttledAndShare() (int, float64) {
 	defer l.mu.Unlock()
 	n, now := 0, l.clock.Now()
 	for dom := range l.domains {
-		if st := l.state(dom, now); st != nil && st.throttled { // state applies recovery first
+		if st := l.state(dom, now); st != nil && st.slow.on() { // state applies recovery first
 			n++
 		}
 	}

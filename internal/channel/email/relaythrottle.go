@@ -1,16 +1,16 @@
 package email
 
 import (
-	"math"
 	"time"
 )
 
 // A relay asks to slow down the way recipient domains do, with 421, 450 or 451, when its own
 // limit on the client's rate is reached (a provider's sending quota, a smarthost's anvil).
 // Those answers are the relay's, not a recipient domain's, when they come to MAIL FROM, before
-// any recipient is named, or to recipients of several domains at once: the relay's rate is
-// then cut, on top of its configured rate= if any, and recovers when it stays quiet, as a
-// domain's does (DomainLimiter.Throttle).
+// any recipient is named, when their words say so (clientLimited), or to recipients of several
+// domains at once: the relay's rate is then cut, on top of its configured rate= if any, and
+// recovers when it stays quiet, a slowdown like a domain's (DomainLimiter.Throttle), doubling
+// back each quiet period where a domain's grows by half.
 const (
 	// relayThrottleDomains distinct recipient domains answering a throttling code within
 	// relayThrottleWindow make it the relay's.
@@ -25,10 +25,8 @@ const (
 
 // relayThrottle is a relay's slow-down; the pool's mutex guards it.
 type relayThrottle struct {
-	rate    float64   // messages per second the relay is cut to; 0 when it is not
-	from    float64   // the rate it was sending at when first cut, where recovery ends
-	changed time.Time // when rate last changed
-	meter   meter     // messages started, to know the rate being sent at
+	slowdown       // from the rate it was sending at when first cut
+	meter    meter // messages started, to know the rate being sent at
 	// recent holds the domains that answered a throttling code lately, with when.
 	recent map[string]time.Time
 }
@@ -89,47 +87,33 @@ func (p *pool) applyRate(now time.Time) {
 // and whether it was the first cut. p.mu is held.
 func (p *pool) throttled(now time.Time) (rate float64, first bool) {
 	th := &p.throttle
-	switch {
-	case th.rate == 0:
-	case th.rate <= minRelayRate:
-		th.changed = now // still asked to slow down: no recovery yet
-		return 0, false
-	case now.Sub(th.changed) < throttleDebounce:
-		return 0, false
-	}
-	first = th.rate == 0
-	base := th.rate
-	if base == 0 {
-		base = th.meter.rate(now)
-		if c := p.configuredRate(); c > 0 && (base == 0 || c < base) {
-			base = c
+	first = !th.on()
+	var from float64
+	if first {
+		from = th.meter.rate(now)
+		if c := p.configuredRate(); c > 0 && (from == 0 || c < from) {
+			from = c
 		}
-		th.from = base
 	}
-	th.rate, th.changed = math.Max(minRelayRate, base/2), now
+	if !th.cut(now, from/2, from, minRelayRate) {
+		return 0, false
+	}
 	p.applyRate(now)
 	return th.rate, first
 }
 
 // recovered doubles a throttled rate for each relayRecover passed without a throttling
-// answer, all of them at once after a quiet spell (a relay idle for an hour is not cut
-// still), and ends the throttle once the rate is back where it was cut from (or the
-// configured rate binds again). It reports whether the throttle ended. p.mu is held.
+// answer and ends the throttle once the rate is back where it was cut from, or the
+// configured rate binds again. It reports whether the throttle ended. p.mu is held.
 func (p *pool) recovered(now time.Time) bool {
 	th := &p.throttle
-	if th.rate == 0 {
+	if !th.on() {
 		return false
 	}
-	steps := int(now.Sub(th.changed) / relayRecover)
-	if steps <= 0 {
-		return false
-	}
-	th.rate *= math.Pow(2, float64(min(steps, 60)))
-	th.changed = th.changed.Add(time.Duration(steps) * relayRecover)
-	c := p.configuredRate()
-	done := th.rate >= th.from || (c > 0 && th.rate >= c)
-	if done {
-		th.rate, th.from = 0, 0
+	done := th.recover(now, relayRecover, 2)
+	if c := p.configuredRate(); !done && c > 0 && th.rate >= c {
+		th.end()
+		done = true
 	}
 	p.applyRate(now)
 	return done

@@ -149,7 +149,7 @@ func TestRelaySlowDownAtMail(t *testing.T) {
 			}
 			p := tr.pools[0]
 			p.mu.Lock()
-			cut, from := p.rate.rate, p.throttle.from
+			cut, from := p.rate.rate, p.throttle.upto
 			p.mu.Unlock()
 			if from <= 0 || cut != from/2 {
 				t.Errorf("relay rate after the 451s: %v, want half the %v a second it was sent at", cut, from)
