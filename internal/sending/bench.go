@@ -465,31 +465,34 @@ func waitFinished(ctx context.Context, db *store.DB, id int64, handedOver func()
 }
 
 // pushReady sends n ready-made messages through tr, in batches of batch from workers
-// goroutines, and returns the seconds it took. Each goroutine has its own batch of messages,
-// taken from ready in turn, and pushes it again and again.
+// goroutines, and returns the seconds it took. The batches take ready in turn, the k-th
+// message pushed being ready[k % len(ready)] whichever goroutine pushes it.
 func pushReady(ctx context.Context, tr *email.Transport, n int, ready []channel.Message, workers, batch int) (float64, error) {
-	msgs := make([]channel.Message, batch*workers)
-	for i := range msgs {
-		msgs[i] = ready[i%len(ready)]
-		msgs[i].ID = int64(i)
-	}
 	// Open the connections first, as the engine's first batch does its own.
-	warm := make([]channel.Outcome, workers)
-	_ = tr.Send(ctx, msgs[:workers], warm)
+	warm := make([]channel.Message, workers)
+	for i := range warm {
+		warm[i] = ready[i%len(ready)]
+		warm[i].ID = int64(i)
+	}
+	_ = tr.Send(ctx, warm, make([]channel.Outcome, workers))
 	var next atomic.Int64
 	var failed atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for w := range workers {
+	for range workers {
 		wg.Go(func() {
-			mine := msgs[w*batch : (w+1)*batch]
+			mine := make([]channel.Message, batch)
 			out := make([]channel.Outcome, batch)
 			for {
-				from := next.Add(int64(batch)) - int64(batch)
-				if from >= int64(n) {
+				from := int(next.Add(int64(batch))) - batch
+				if from >= n {
 					return
 				}
-				k := min(batch, n-int(from))
+				k := min(batch, n-from)
+				for i := range k {
+					mine[i] = ready[(from+i)%len(ready)]
+					mine[i].ID = int64(from + i)
+				}
 				_ = tr.Send(ctx, mine[:k], out[:k])
 				for i := range k {
 					if out[i].Status != channel.Sent {
