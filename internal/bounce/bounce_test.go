@@ -118,6 +118,12 @@ func TestClassifySMTP(t *testing.T) {
 		{0, "", "550 5.1.6 user has moved; no forwarding", ReasonHasMoved, "hard"},
 		{421, "4.7.0", "Try again later, closing connection. Too many connections from your host", ReasonTooManyConn, "soft"},
 		{552, "5.3.4", "Message size exceeds fixed limit", ReasonMesgTooBig, "soft"},
+		// A sending quota used up is the sender's, not a full mailbox.
+		{550, "5.4.5", "Daily user sending quota exceeded. https://support.google.com/mail/?p=ReachedSendingLimit", ReasonTooManyConn, "soft"},
+		{550, "5.4.5", "Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852", ReasonTooManyConn, "soft"},
+		{454, "", "Throttling failure: Daily message quota exceeded", ReasonTooManyConn, "soft"},
+		{550, "5.1.90", "Your message can't be sent because you've reached your daily limit for message recipients", ReasonTooManyConn, "soft"},
+		{554, "5.2.2", "mailbox full; quota exceeded", ReasonMailboxFull, "soft"},
 		{550, "5.7.1", "Message rejected as spam by Content Filtering", ReasonSpamDetected, "soft"},
 		{250, "2.0.0", "Ok: queued", ReasonDelivered, "null"},
 		{0, "", "", ReasonUndefined, "soft"},

@@ -20,6 +20,15 @@ var phraseTable = []struct {
 		"mail system full", "insufficient system storage", "insufficient disk space",
 		"not enough disk space", "not sufficient disk space", "system storage exceeded",
 	}},
+	// A sender's quota at its provider used up (Gmail's "550 5.4.5 Daily user sending quota
+	// exceeded", Amazon SES's "454 Throttling failure: Daily message quota exceeded", Microsoft
+	// 365's "5.1.90 ... reached your daily limit for message recipients"), before the full
+	// mailboxes whose "quota exceeded" it would otherwise match: it says nothing of the recipient.
+	{ReasonTooManyConn, []string{
+		"sending quota", "daily message quota", "message quota exceeded", "sending limit",
+		"daily limit for message recipients", "24-hour sending limit", "submissionquotaexceeded",
+		"rcpts per 24 hours",
+	}},
 	{ReasonMailboxFull, []string{
 		"mailbox full", "mailbox is full", "mailbox has exceeded", "mailbox size limit exceeded",
 		"mailbox would exceed", "mailbox exceeds", "mailfolder is full", "full mailbox",
