@@ -2,6 +2,22 @@ package bounce
 
 import "strings"
 
+// sendingQuotaPhrases say that the quota of mail the sender may send through its provider is
+// used up for a period: Gmail's and Google Workspace's "550 5.4.5 Daily user sending quota
+// exceeded" (or "limit"), Amazon SES's "454 Throttling failure: Daily message quota exceeded",
+// Microsoft 365's "550 5.1.90 ... you've reached your daily limit for message recipients",
+// Exchange's "SubmissionQuotaExceededException" and "has exceeded its 24-hour sending limit",
+// hosting providers' "limit of 400 rcpts per 24 hours".
+var sendingQuotaPhrases = []string{
+	"sending quota", "daily message quota", "message quota exceeded", "sending limit",
+	"daily limit for message recipients", "24-hour sending limit", "submissionquotaexceeded",
+	"rcpts per 24 hours",
+}
+
+// SendingQuota reports whether a server's answer says that the sender has used up its quota
+// at its provider for a period, which is not about the recipient (sendingQuotaPhrases).
+func SendingQuota(text string) bool { return containsAny(normalise(text), sendingQuotaPhrases) }
+
 // phraseTable maps what real mail servers say to a reason. The text they are matched against is
 // lower-cased with its white space folded and SMTP multi-line prefixes ("550-5.7.1 ") removed.
 // A phrase with " … " in it matches when its pieces appear in that order with anything between.
@@ -20,15 +36,9 @@ var phraseTable = []struct {
 		"mail system full", "insufficient system storage", "insufficient disk space",
 		"not enough disk space", "not sufficient disk space", "system storage exceeded",
 	}},
-	// A sender's quota at its provider used up (Gmail's "550 5.4.5 Daily user sending quota
-	// exceeded", Amazon SES's "454 Throttling failure: Daily message quota exceeded", Microsoft
-	// 365's "5.1.90 ... reached your daily limit for message recipients"), before the full
-	// mailboxes whose "quota exceeded" it would otherwise match: it says nothing of the recipient.
-	{ReasonTooManyConn, []string{
-		"sending quota", "daily message quota", "message quota exceeded", "sending limit",
-		"daily limit for message recipients", "24-hour sending limit", "submissionquotaexceeded",
-		"rcpts per 24 hours",
-	}},
+	// A sender's quota used up (SendingQuota), before the full mailboxes whose "quota exceeded"
+	// it would otherwise match: it says nothing of the recipient.
+	{ReasonTooManyConn, sendingQuotaPhrases},
 	{ReasonMailboxFull, []string{
 		"mailbox full", "mailbox is full", "mailbox has exceeded", "mailbox size limit exceeded",
 		"mailbox would exceed", "mailbox exceeds", "mailfolder is full", "full mailbox",

@@ -499,6 +499,43 @@ func testRefusedSenderRetries(t *testing.T, stage string) {
 	})
 }
 
+// TestQuotaUsedUpWaits: a relay whose sending quota is used up for the day ("550 5.4.5 Daily
+// user sending quota exceeded", after the data, as Gmail answers) fails no row and quarantines
+// no address: the rows wait untried, the delivery stays sending and says why, and goes on when
+// the relay takes mail again. (Every row failed at once before, each address with a
+// mailbox-full strike.)
+func TestQuotaUsedUpWaits(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *store.DB) {
+		f := newFixture(t, db, 3, 84*time.Hour)
+		used := smtptest.Start(t, smtptest.Options{})
+		for _, a := range f.addrs {
+			used.Script(a, smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Code: 550, Enhanced: "5.4.5", Text: "Daily user sending quota exceeded."}))
+		}
+		sw := &switchSender{}
+		sw.set(transport(t, used))
+		e := f.engine(t, sw, "n1", 10)
+		drain(t, e)
+		for _, a := range f.addrs {
+			r := f.row(t, a)
+			if r.status != "pending" || r.attempts != 0 {
+				t.Fatalf("quota used up: %+v, want pending, untried", r)
+			}
+			if en, _ := f.quar.Get(context.Background(), quarantine.Email, a); en.Status != quarantine.StatusValid {
+				t.Errorf("a relay's quota changed %s's quarantine entry: %s", a, en.Status)
+			}
+		}
+		if s := f.state(t); s != delivery.Sending {
+			t.Fatalf("quota used up: delivery is %s, want sending, waiting for the relay", s)
+		}
+		if w := e.Waiting(); !strings.Contains(w, "Daily user sending quota exceeded") {
+			t.Errorf("Waiting() = %q, want the relay's answer", w)
+		}
+		sw.set(transport(t, smtptest.Start(t, smtptest.Options{})))
+		drain(t, e)
+		f.wantSentAtFirstTry(t, "after the quota came back")
+	})
+}
+
 // TestInternationalisedAddresses: a recipient at an internationalised domain gets the message
 // at the domain's ASCII form, which every server takes; one with a local part beyond ASCII
 // gets it over SMTPUTF8. The sending log keeps the addresses as the profiles have them. (Both

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldhq/herald/internal/bounce"
 	"github.com/heraldhq/herald/internal/channel"
 )
 
@@ -103,6 +104,11 @@ type pool struct {
 	// down, and a connection opened does not end its back-off; a sender it
 	// takes again does.
 	refusing atomic.Bool
+	// exhausted says the relay last answered that the sending quota of the
+	// account Herald uses there is used up (see quotaUsedUp): it is skipped
+	// like a relay that is down, and neither a connection opened nor a
+	// sender taken ends its back-off; a message it accepts does.
+	exhausted atomic.Bool
 	// unverified says the last connection opened took a certificate that
 	// does not verify (opportunistic STARTTLS), to log the change once.
 	unverified bool
@@ -393,6 +399,9 @@ func (t *Transport) work(ctx context.Context, p *pool, b *batch) {
 		case errors.Is(err, errSenderRefused):
 			t.discard(p, c, true) // the connection is sound; the relay will not take our mail
 			return
+		case errors.Is(err, errQuotaUsedUp):
+			t.discard(p, c, false) // sound too, but a transaction may be half open
+			return
 		case err != nil || c.broken:
 			t.discard(p, c, false)
 		case p.relay.MaxPerConn > 0 && c.sent >= p.relay.MaxPerConn:
@@ -466,7 +475,7 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 		return nil, false, err
 	}
 	p.mu.Lock()
-	if !p.refusing.Load() {
+	if !p.refusing.Load() && !p.exhausted.Load() {
 		if p.failures > 0 {
 			t.log.Info("smtp relay is back", "relay", p.relay.String())
 		}
@@ -602,16 +611,68 @@ func (t *Transport) refuseSender(p *pool, b *batch, i, stage int, o channel.Outc
 	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errSenderRefused, err)
 }
 
+// errQuotaUsedUp ends a connection's run when its relay answered that the
+// sending quota of Herald's account there is used up.
+var errQuotaUsedUp = errors.New("the relay's sending quota is used up")
+
+// quotaUsedUp reports an answer o to a message to `to` saying that the
+// sender's quota at the relay is used up for a period, whatever its code and
+// step (bounce.SendingQuota: Gmail's "550 5.4.5 Daily user sending quota
+// exceeded" after the data, Microsoft 365's "550 5.1.90" at RCPT TO, Amazon
+// SES's "454 Throttling failure: Daily message quota exceeded"). Such an
+// answer fails no message: the quota comes back, most often the next day,
+// and failing the rest of a delivery for it would lose them all in seconds.
+func quotaUsedUp(o channel.Outcome, to string) bool {
+	return o.Code >= 400 && bounce.SendingQuota(o.Text) && !names(o, to)
+}
+
+// names reports whether the text of o names the recipient to: an answer
+// about that mailbox, not about the client.
+func names(o channel.Outcome, to string) bool {
+	return strings.Contains(strings.ToLower(o.Text), strings.ToLower(to))
+}
+
+// holdForQuota handles the relay's answer o that the sending quota is used
+// up, given at step to message i and, in a pipelined run, with message next's
+// envelope already written (-1 if none): both go back untried, to another
+// relay or to the queue, the relay is skipped for a back-off (with its answer
+// for the operator: Wait), and the run ends with errQuotaUsedUp. The relay is
+// tried again after each back-off; the first message it accepts ends it.
+func (t *Transport) holdForQuota(p *pool, b *batch, i, next int, step string, o channel.Outcome) error {
+	err := &ReplyError{Step: step, Code: o.Code, Enhanced: o.Enhanced, Text: o.Text}
+	for _, k := range []int{i, next} {
+		if k >= 0 {
+			t.done(b, k)
+			b.requeue(k, softFail(err), true)
+		}
+	}
+	p.exhausted.Store(true)
+	t.skip(p, err, "smtp relay says the sending quota is used up, skipping it")
+	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errQuotaUsedUp, err)
+}
+
+// accepted records that p accepted a message, ending a back-off for a
+// sending quota used up.
+func (t *Transport) accepted(p *pool) {
+	t.lift(p, &p.exhausted, "smtp relay takes mail again after its sending quota was used up")
+}
+
 // senderTaken records that p took an envelope sender, ending a back-off for
 // refusing one.
 func (t *Transport) senderTaken(p *pool) {
-	if !p.refusing.Load() {
+	t.lift(p, &p.refusing, "smtp relay takes the envelope sender again")
+}
+
+// lift ends the back-off of p that held (p.refusing, p.exhausted) says it
+// is in, logging msg once.
+func (t *Transport) lift(p *pool, held *atomic.Bool, msg string) {
+	if !held.Load() {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.refusing.Swap(false) {
-		t.log.Info("smtp relay takes the envelope sender again", "relay", p.relay.String())
+	if held.Swap(false) {
+		t.log.Info(msg, "relay", p.relay.String())
 		p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
 	}
 }
@@ -801,19 +862,21 @@ func (t *Transport) settle(p *pool, b *batch, i int, o channel.Outcome) {
 		return
 	}
 	b.out[i] = o
+	if o.Status == channel.Sent {
+		t.accepted(p)
+	}
 	t.feedback(p, b.msgs[i].To, o.Code)
 }
 
 // clientLimitTexts are what temporary refusals say when the limit is on the
 // mail this client sends, not on the recipient: Postfix's anvil limits
 // ("450 4.7.1 Error: too many recipients from 192.0.2.1", "too much mail
-// from"), providers' quotas ("454 Throttling failure: Maximum sending rate
-// exceeded", "Daily message quota exceeded"), the wording of rate limits in
-// Exim's and others' configurations.
+// from"), providers' rates ("454 Throttling failure: Maximum sending rate
+// exceeded"), the wording of rate limits in Exim's and others'
+// configurations. (A quota used up for the day is not a pace: quotaUsedUp.)
 var clientLimitTexts = []string{
 	"too many recipients from", "too much mail from", "too many messages from",
-	"rate limit", "ratelimit", "rate-limit", "rate exceeded", "throttl",
-	"sending rate", "sending quota", "message quota", "daily quota",
+	"rate limit", "ratelimit", "rate-limit", "rate exceeded", "throttl", "sending rate",
 }
 
 // clientLimited reports a temporary refusal whose text says that the client
@@ -825,13 +888,10 @@ func clientLimited(o channel.Outcome, to string) bool {
 	if o.Code < 400 || o.Code >= 500 {
 		return false
 	}
-	if len(o.Enhanced) > 2 && (o.Enhanced[2] == '1' || o.Enhanced[2] == '2') {
+	if len(o.Enhanced) > 2 && (o.Enhanced[2] == '1' || o.Enhanced[2] == '2') || names(o, to) {
 		return false
 	}
 	text := strings.ToLower(o.Text)
-	if strings.Contains(text, strings.ToLower(to)) {
-		return false
-	}
 	for _, s := range clientLimitTexts {
 		if strings.Contains(text, s) {
 			return true
@@ -929,7 +989,11 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			replies++
 			t.done(b, body)
 			if !lone {
-				t.settle(p, b, body, outcome(code, c.text))
+				o := outcome(code, c.text)
+				if o.Status != channel.Sent && quotaUsedUp(o, b.msgs[body].To) {
+					return t.holdForQuota(p, b, body, i, "end of data", o)
+				}
+				t.settle(p, b, body, o)
 			}
 			body, lone = -1, false
 		}
@@ -973,6 +1037,11 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			if !ok && !failed {
 				failed, failure, stage = true, outcome(code, c.text), k
 			}
+		}
+		if failed && quotaUsedUp(failure, b.msgs[i].To) {
+			// (A DATA accepted nonetheless is left open: the connection is
+			// closed, which ends the transaction with nothing delivered.)
+			return t.holdForQuota(p, b, i, -1, [...]string{"MAIL FROM", "RCPT TO", "DATA"}[stage], failure)
 		}
 		refused := failed && data != 354 && senderRefused(stage, failure, b.msgs[i].From, b.msgs[i].To)
 		if !refused && (!failed || stage > 0) {
@@ -1066,6 +1135,9 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			}
 			o := outcome(code, c.text)
 			failure = &o
+			if quotaUsedUp(o, m.To) {
+				return t.holdForQuota(p, b, i, -1, [...]string{"MAIL FROM", "RCPT TO", "DATA"}[k], o)
+			}
 			if senderRefused(k, o, m.From, m.To) {
 				return t.refuseSender(p, b, i, k, o)
 			}
@@ -1114,7 +1186,11 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
 		}
 		replies++
-		t.settle(p, b, i, outcome(code, c.text))
+		o := outcome(code, c.text)
+		if o.Status != channel.Sent && quotaUsedUp(o, m.To) {
+			return t.holdForQuota(p, b, i, -1, "end of data", o)
+		}
+		t.settle(p, b, i, o)
 		if c.broken {
 			return nil
 		}

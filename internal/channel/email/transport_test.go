@@ -610,6 +610,109 @@ func TestSenderRefused(t *testing.T) {
 	}
 }
 
+// TestQuotaUsedUp: a relay answering that the sending quota of Herald's account is used up,
+// at RCPT TO (Microsoft 365) or after the data (Gmail, with a 550), fails no message: every one
+// comes back untried, the relay is skipped with its answer for the operator, tried again after
+// each back-off (which a connection opened or a recipient taken does not end), and used again
+// from the first message it accepts.
+func TestQuotaUsedUp(t *testing.T) {
+	answers := []struct {
+		name string
+		a    smtptest.Action
+	}{
+		{"rcpt", smtptest.Action{Code: 550, Enhanced: "5.1.90", Text: "Your message can't be sent because you've reached your daily limit for message recipients"}},
+		{"data", smtptest.Action{Stage: smtptest.AtData, Code: 550, Enhanced: "5.4.5", Text: "Daily user sending quota exceeded."}},
+	}
+	for _, ans := range answers {
+		for _, tc := range smtpModes {
+			t.Run(ans.name+"/"+tc.name, func(t *testing.T) {
+				s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+				msgs := testMessages(20, rcptN)
+				for _, m := range msgs {
+					s.Script(m.To, smtptest.Always(ans.a))
+				}
+				tries := func() (n int) {
+					for _, m := range msgs {
+						n += s.Attempts(m.To)
+					}
+					return n
+				}
+				clock := newFakeClock()
+				var logs bytes.Buffer
+				tr := newTestTransport(t, Options{Clock: clock, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, plainRelay(s, 4))
+				out := send(t, tr, msgs)
+				wantAll(t, out, channel.Deferred)
+				// One transaction a connection at most, and the next one's envelope when the
+				// answer comes after the data of a pipelined one.
+				if n := tries(); n < 1 || n > 8 || n > 4 && (ans.a.Stage != smtptest.AtData || tc.noPipelining) {
+					t.Errorf("%d transactions over 4 connections", n)
+				}
+				wait, why := tr.Wait()
+				if wait != time.Second || !strings.Contains(why, ans.a.Text) {
+					t.Errorf("Wait() = %v, %q; want 1s and the relay's answer", wait, why)
+				}
+				if !strings.Contains(logs.String(), "sending quota is used up") {
+					t.Errorf("no warning logged:\n%s", logs.String())
+				}
+
+				// Skipped during its back-off.
+				before := tries()
+				wantAll(t, send(t, tr, msgs[:5]), channel.Deferred)
+				if tries() != before {
+					t.Error("the relay was tried during its back-off")
+				}
+
+				// Tried after it, still used up: the back-off doubles.
+				clock.Advance(time.Second)
+				wantAll(t, send(t, tr, msgs[:5]), channel.Deferred)
+				if tries() == before {
+					t.Error("the relay was not tried after its back-off")
+				}
+				if wait, _ := tr.Wait(); wait != 2*time.Second {
+					t.Errorf("second back-off: Wait() = %v, want 2s", wait)
+				}
+
+				// The quota is back (new recipients are not refused): used from the first.
+				clock.Advance(time.Minute)
+				more := testMessages(20, func(i int) string { return rcptN(i + 100) })
+				wantAll(t, send(t, tr, more), channel.Sent)
+				if wait, why := tr.Wait(); wait != 0 || why != "" {
+					t.Errorf("after the relay took mail again: Wait() = %v, %q", wait, why)
+				}
+				if !strings.Contains(logs.String(), "takes mail again") {
+					t.Errorf("no notice that the relay takes mail again:\n%s", logs.String())
+				}
+			})
+		}
+	}
+}
+
+func TestQuotaUsedUpClassification(t *testing.T) {
+	const to = "ann@example.com"
+	for _, tc := range []struct {
+		code     int
+		enhanced string
+		text     string
+		want     bool
+	}{
+		{550, "5.4.5", "Daily user sending quota exceeded. d75a77b69052e - gsmtp", true},
+		{550, "5.4.5", "Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852", true},
+		{454, "", "Throttling failure: Daily message quota exceeded", true},
+		{550, "5.1.90", "Your message can't be sent because you've reached your daily limit for message recipients", true},
+		{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message", true},
+		{550, "5.7.1", "<DATA>: Data command rejected: limit of 400 rcpts per 24 hours for client news@example.org reached", true},
+		{454, "", "Throttling failure: Maximum sending rate exceeded", false}, // a pace: clientLimited
+		{552, "5.2.2", "Mailbox quota exceeded", false},
+		{452, "4.2.2", "The email account that you tried to reach is over quota", false},
+		{550, "5.7.1", "ann@example.com has reached its sending limit", false}, // names the recipient
+		{250, "2.0.0", "Ok: queued as sending quota", false},
+	} {
+		if got := quotaUsedUp(channel.Outcome{Code: tc.code, Enhanced: tc.enhanced, Text: tc.text}, to); got != tc.want {
+			t.Errorf("%d %s %s: quotaUsedUp = %v, want %v", tc.code, tc.enhanced, tc.text, got, tc.want)
+		}
+	}
+}
+
 // TestSenderRefusedClassification: which permanent answers refuse the envelope sender,
 // whoever the recipient, rather than the message or its recipient.
 func TestSenderRefusedClassification(t *testing.T) {
