@@ -574,7 +574,10 @@ var errSenderRefused = errors.New("the relay refused the envelope sender")
 // sender there: a permanent refusal at RCPT TO is the sender's when its
 // enhanced code is about the sender (X.1.7, X.1.8, RFC 3463) or its text says
 // so: Postfix's "Sender address rejected", or the sender's address named
-// without the recipient's.
+// without the recipient's. Postfix refuses the client host there too
+// ("554 5.7.1 <unknown[192.0.2.7]>: Client host rejected: Access denied", a
+// node whose address the relay does not know), which is as much the same for
+// every message, and counts as the same.
 func senderRefused(stage int, o channel.Outcome, from, to string) bool {
 	if o.Status != channel.HardFail {
 		return false
@@ -586,7 +589,7 @@ func senderRefused(stage int, o channel.Outcome, from, to string) bool {
 		if strings.HasSuffix(o.Enhanced, ".1.7") || strings.HasSuffix(o.Enhanced, ".1.8") {
 			return true
 		}
-		if strings.Contains(strings.ToLower(o.Text), "sender address rejected") {
+		if t := strings.ToLower(o.Text); strings.Contains(t, "sender address rejected") || strings.Contains(t, "client host rejected") {
 			return true
 		}
 		return from != "" && strings.Contains(o.Text, "<"+from+">") && !strings.Contains(o.Text, "<"+to+">")
@@ -607,7 +610,11 @@ func (t *Transport) refuseSender(p *pool, b *batch, i, stage int, o channel.Outc
 	// of the batch is Deferred (no relay available).
 	b.requeue(i, softFail(err), true)
 	p.refusing.Store(true)
-	t.skip(p, err, "smtp relay refuses the envelope sender, skipping it")
+	msg := "smtp relay refuses the envelope sender, skipping it"
+	if strings.Contains(strings.ToLower(o.Text), "client host rejected") {
+		msg = "smtp relay refuses this host, skipping it"
+	}
+	t.skip(p, err, msg)
 	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errSenderRefused, err)
 }
 

@@ -737,6 +737,7 @@ func TestSenderRefusedClassification(t *testing.T) {
 		{1, hard(554, "5.7.1", "<"+to+">: Relay access denied"), false},
 		{1, hard(550, "5.7.1", "<"+to+"> from <"+from+">: rejected"), false},
 		{1, hard(554, "5.7.1", "Client host blocked using zen.spamhaus.org"), false},
+		{1, hard(554, "5.7.1", "<unknown[192.0.2.7]>: Client host rejected: Access denied"), true},
 		{2, hard(554, "5.7.1", "Sender address rejected"), false},
 	} {
 		if got := senderRefused(tc.stage, tc.o, from, to); got != tc.want {
@@ -748,29 +749,39 @@ func TestSenderRefusedClassification(t *testing.T) {
 // TestSenderRefusedAtRcpt: a server that refuses the sender at RCPT TO (Postfix's default
 // timing) fails no message either: soft failures, the relay skipped.
 func TestSenderRefusedAtRcpt(t *testing.T) {
-	for _, tc := range smtpModes {
-		t.Run(tc.name, func(t *testing.T) {
-			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
-			msgs := testMessages(12, rcptN)
-			for _, m := range msgs {
-				s.Script(m.To, smtptest.Always(smtptest.Action{Code: 554, Enhanced: "5.7.1", Text: "<" + m.From + ">: Sender address rejected: Access denied"}))
-			}
-			tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(s, 2))
-			out := send(t, tr, msgs)
-			for i := range out {
-				wantStatus(t, out, i, channel.Deferred)
-				if out[i].Code != 0 || !strings.Contains(out[i].Text, "Sender address rejected") {
-					t.Errorf("out[%d] = %+v", i, out[i])
+	answers := []struct{ text, logged string }{
+		{"<bounces@herald.test>: Sender address rejected: Access denied", "refuses the envelope sender"},
+		{"<unknown[192.0.2.7]>: Client host rejected: Access denied", "refuses this host"},
+	}
+	for _, ans := range answers {
+		for _, tc := range smtpModes {
+			t.Run(tc.name, func(t *testing.T) {
+				s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+				msgs := testMessages(12, rcptN)
+				for _, m := range msgs {
+					s.Script(m.To, smtptest.Always(smtptest.Action{Code: 554, Enhanced: "5.7.1", Text: ans.text}))
 				}
-			}
-			tried := 0
-			for _, m := range msgs {
-				tried += s.Attempts(m.To)
-			}
-			if tried < 1 || tried > 2 {
-				t.Errorf("%d recipients named; want one for each connection at most", tried)
-			}
-		})
+				var logs bytes.Buffer
+				tr := newTestTransport(t, Options{Clock: newFakeClock(), Logger: slog.New(slog.NewTextHandler(&logs, nil))}, plainRelay(s, 2))
+				out := send(t, tr, msgs)
+				for i := range out {
+					wantStatus(t, out, i, channel.Deferred)
+					if out[i].Code != 0 || !strings.Contains(out[i].Text, ans.text) {
+						t.Errorf("out[%d] = %+v", i, out[i])
+					}
+				}
+				tried := 0
+				for _, m := range msgs {
+					tried += s.Attempts(m.To)
+				}
+				if tried < 1 || tried > 2 {
+					t.Errorf("%d recipients named; want one for each connection at most", tried)
+				}
+				if !strings.Contains(logs.String(), ans.logged) {
+					t.Errorf("the warning does not say %q:\n%s", ans.logged, logs.String())
+				}
+			})
+		}
 	}
 }
 
