@@ -1018,7 +1018,18 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			}
 			replies++
 			if code != 250 {
-				return fail(&ReplyError{Step: "RSET", Code: code, Text: string(c.text)}, i)
+				err := &ReplyError{Step: "RSET", Code: code, Text: string(c.text)}
+				if code == 421 {
+					// The server ends the session after the transaction it just
+					// refused (Postfix's "421 4.7.0 Error: too many errors" past its
+					// smtpd_hard_error_limit): message i's envelope, written after
+					// the RSET, was not looked at, and another connection takes it
+					// at no try's cost.
+					t.done(b, i)
+					b.requeue(i, softFail(err), true)
+					return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
+				}
+				return fail(err, i)
 			}
 			rset = false
 		}

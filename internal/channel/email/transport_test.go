@@ -1,6 +1,7 @@
 package email
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -442,6 +443,78 @@ func deadRelay(t *testing.T) (addr string, accepts *atomic.Int64) {
 		}
 	}()
 	return ln.Addr().String(), accepts
+}
+
+// TestRsetAnswered421: Postfix ends a session whose refusals pass smtpd_hard_error_limit with
+// "421 4.7.0 Error: too many errors" to the next command, the RSET after a refused recipient
+// when pipelining: the message whose envelope followed the RSET was not looked at, and goes
+// out on a new connection, at no try's cost (a try of one was a 15-minute retry before).
+func TestRsetAnswered421(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int64
+	var received atomic.Int64
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			first := conns.Add(1) == 1
+			go func() {
+				defer nc.Close()
+				r := bufio.NewReader(nc)
+				say := func(s string) { nc.Write([]byte(s + "\r\n")) }
+				say("220 relay.test ESMTP")
+				inData := false
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					line = strings.TrimRight(line, "\r\n")
+					if inData {
+						if line == "." {
+							inData = false
+							received.Add(1)
+							say("250 2.0.0 Ok: queued as Q")
+						}
+						continue
+					}
+					cmd := strings.ToUpper(strings.SplitN(line, " ", 2)[0])
+					switch {
+					case cmd == "EHLO":
+						say("250-relay.test\r\n250 PIPELINING")
+					case cmd == "RCPT" && first:
+						say("550 5.1.1 <user0@example.com>: Recipient address rejected: User unknown")
+					case cmd == "DATA" && first:
+						say("554 5.5.1 Error: no valid recipients")
+					case cmd == "RSET" && first:
+						say("421 4.7.0 relay.test Error: too many errors")
+						return
+					case cmd == "DATA":
+						say("354 End data with <CR><LF>.<CR><LF>")
+						inData = true
+					case cmd == "QUIT":
+						say("221 2.0.0 Bye")
+						return
+					default:
+						say("250 2.0.0 Ok")
+					}
+				}
+			}()
+		}
+	}()
+	tr := newTestTransport(t, Options{Clock: newFakeClock(), MaxAttempts: 1}, Relay{Addr: ln.Addr().String(), TLS: TLSNone, MaxConns: 1})
+	out := send(t, tr, testMessages(2, rcptN))
+	wantStatus(t, out, 0, channel.HardFail)
+	wantStatus(t, out, 1, channel.Sent)
+	if conns.Load() != 2 || received.Load() != 1 {
+		t.Errorf("%d connections, %d messages received; want 2 and 1", conns.Load(), received.Load())
+	}
 }
 
 // closedAddr returns an address nothing listens on.
