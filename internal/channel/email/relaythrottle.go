@@ -19,8 +19,10 @@ const (
 	// relayRecover is the quiet time after which a throttled relay's rate doubles, until it
 	// no longer binds.
 	relayRecover = 30 * time.Second
-	// minRelayRate is the lowest rate a throttled relay is cut to, in messages per second.
-	minRelayRate = 1.0
+	// minRelayRate is the lowest rate a throttled relay is cut to, in messages per second:
+	// 12 a minute, under the quotas of a minute that relays set lowest (Microsoft 365's SMTP
+	// AUTH submission, 30 a minute; a smarthost's anvil).
+	minRelayRate = 0.2
 )
 
 // relayThrottle is a relay's slow-down; the pool's mutex guards it.

@@ -320,3 +320,21 @@ func TestClientLimited(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayThrottleGoesUnderThirtyAMinute: a relay that keeps asking to slow down, once a
+// second, is cut below 30 messages a minute (Microsoft 365's SMTP AUTH quota), instead of
+// stopping at a floor where half of what it is sent is turned away.
+func TestRelayThrottleGoesUnderThirtyAMinute(t *testing.T) {
+	now := time.UnixMilli(5_000_000)
+	p := &pool{share: 1, rate: newBucket(0, now)}
+	for i := range 80 {
+		p.throttle.meter.add(now.Add(-time.Duration(79-i) * 11 * time.Millisecond))
+	}
+	for range 12 {
+		p.throttled(now)
+		now = now.Add(throttleDebounce)
+	}
+	if r := p.rate.rate * 60; r >= 30 {
+		t.Errorf("after twelve answers a second apart the relay is at %v a minute, want under 30", r)
+	}
+}
