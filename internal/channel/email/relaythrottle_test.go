@@ -338,3 +338,22 @@ func TestRelayThrottleGoesUnderThirtyAMinute(t *testing.T) {
 		t.Errorf("after twelve answers a second apart the relay is at %v a minute, want under 30", r)
 	}
 }
+
+// TestRelayThrottleMetersWhatGoes: the rate a relay is cut from is the rate messages went to
+// it, not the rate they were looked at: messages deferred for a domain's limit did not go.
+func TestRelayThrottleMetersWhatGoes(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	msgs := testMessages(200, rcptN) // all to example.com, limited to 1 a second
+	s.Script(msgs[0].To, smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Code: 454, Text: "Throttling failure: Maximum sending rate exceeded"}))
+	tr := newTestTransport(t, Options{Clock: newFakeClock(), MaxWait: 10 * time.Millisecond, MaxAttempts: 1,
+		Domains: DomainLimits{Rates: map[string]float64{"example.com": 1}}}, plainRelay(s, 1))
+	out := send(t, tr, msgs)
+	wantAll(t, out, channel.Deferred)
+	p := tr.pools[0]
+	p.mu.Lock()
+	cut, from := p.throttle.rate, p.throttle.upto
+	p.mu.Unlock()
+	if from > 10 || cut <= 0 {
+		t.Errorf("the relay, sent one message, was cut to %v from %v a second; want from about 1", cut, from)
+	}
+}

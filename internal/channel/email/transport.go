@@ -754,7 +754,9 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy b
 		p.mu.Lock()
 		recovered := p.recovered(now)
 		wait = max(wait, p.rate.reserve(now))
-		p.throttle.meter.add(now)
+		if wait == 0 {
+			p.throttle.meter.add(now) // the rate sent at: messages that go, not those deferred
+		}
 		p.mu.Unlock()
 		if recovered {
 			t.log.Info("smtp relay quiet again; its rate is no longer cut", "relay", p.relay.String())
@@ -772,6 +774,9 @@ func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy b
 		timer := time.NewTimer(wait)
 		select {
 		case <-timer.C:
+			p.mu.Lock()
+			p.throttle.meter.add(t.clock.Now())
+			p.mu.Unlock()
 			return i
 		case <-ctx.Done():
 			timer.Stop()
