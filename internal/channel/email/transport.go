@@ -1060,6 +1060,9 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			if !ok && !failed {
 				failed, failure, stage = true, outcome(code, c.text), k
 			}
+			if c.broken {
+				break // 421: the server closes the connection, and answers no more
+			}
 		}
 		if failed && quotaUsedUp(failure, b.msgs[i].To) {
 			// (A DATA accepted nonetheless is left open: the connection is
@@ -1087,10 +1090,17 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		}
 		t.done(b, i)
 		if c.broken {
-			// 421 before the data: the server is closing this connection;
-			// the message was not handed over, so another connection may
-			// take it.
-			b.requeue(i, failure, false)
+			if failure.Code == 421 || throttled {
+				// 421 before the data: the server is closing this connection;
+				// the message was not handed over, so another connection may
+				// take it.
+				b.requeue(i, failure, false)
+			} else {
+				// Refused first (a recipient unknown), then closed (Postfix's
+				// "421 Error: too many errors" to the DATA after it): the
+				// refusal is the answer, not to be asked again.
+				b.out[i] = failure
+			}
 			return nil
 		}
 		if throttled && data != 354 {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -445,75 +446,157 @@ func deadRelay(t *testing.T) (addr string, accepts *atomic.Int64) {
 	return ln.Addr().String(), accepts
 }
 
-// TestRsetAnswered421: Postfix ends a session whose refusals pass smtpd_hard_error_limit with
-// "421 4.7.0 Error: too many errors" to the next command, the RSET after a refused recipient
-// when pipelining: the message whose envelope followed the RSET was not looked at, and goes
-// out on a new connection, at no try's cost (a try of one was a 15-minute retry before).
-func TestRsetAnswered421(t *testing.T) {
+// rawRelay is a pipelining SMTP server written out by hand, for answers smtptest cannot give
+// (a 421 to RSET or to DATA, and the connection closed after). answer gets the connection's
+// number, from 1, and each command's verb (MAIL, RCPT, DATA, RSET, QUIT): "" accepts it, and
+// close ends the connection after the reply. It counts the commands by verb and the messages
+// received.
+type rawRelay struct {
+	addr     string
+	mu       sync.Mutex
+	conns    int
+	cmds     map[string]int
+	received int
+}
+
+func startRawRelay(t *testing.T, answer func(conn int, verb string) (reply string, close bool)) *rawRelay {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var conns atomic.Int64
-	var received atomic.Int64
+	r := &rawRelay{addr: ln.Addr().String(), cmds: map[string]int{}}
 	go func() {
 		for {
 			nc, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			first := conns.Add(1) == 1
-			go func() {
-				defer nc.Close()
-				r := bufio.NewReader(nc)
-				say := func(s string) { nc.Write([]byte(s + "\r\n")) }
-				say("220 relay.test ESMTP")
-				inData := false
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					line = strings.TrimRight(line, "\r\n")
-					if inData {
-						if line == "." {
-							inData = false
-							received.Add(1)
-							say("250 2.0.0 Ok: queued as Q")
-						}
-						continue
-					}
-					cmd := strings.ToUpper(strings.SplitN(line, " ", 2)[0])
-					switch {
-					case cmd == "EHLO":
-						say("250-relay.test\r\n250 PIPELINING")
-					case cmd == "RCPT" && first:
-						say("550 5.1.1 <user0@example.com>: Recipient address rejected: User unknown")
-					case cmd == "DATA" && first:
-						say("554 5.5.1 Error: no valid recipients")
-					case cmd == "RSET" && first:
-						say("421 4.7.0 relay.test Error: too many errors")
-						return
-					case cmd == "DATA":
-						say("354 End data with <CR><LF>.<CR><LF>")
-						inData = true
-					case cmd == "QUIT":
-						say("221 2.0.0 Bye")
-						return
-					default:
-						say("250 2.0.0 Ok")
-					}
-				}
-			}()
+			r.mu.Lock()
+			r.conns++
+			n := r.conns
+			r.mu.Unlock()
+			go r.serve(nc, n, answer)
 		}
 	}()
-	tr := newTestTransport(t, Options{Clock: newFakeClock(), MaxAttempts: 1}, Relay{Addr: ln.Addr().String(), TLS: TLSNone, MaxConns: 1})
+	return r
+}
+
+func (r *rawRelay) serve(nc net.Conn, n int, answer func(int, string) (string, bool)) {
+	defer nc.Close()
+	in := bufio.NewReader(nc)
+	say := func(s string) { nc.Write([]byte(s + "\r\n")) }
+	say("220 relay.test ESMTP")
+	inData := false
+	for {
+		line, err := in.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if inData {
+			if line == "." {
+				inData = false
+				r.mu.Lock()
+				r.received++
+				r.mu.Unlock()
+				say("250 2.0.0 Ok: queued as Q")
+			}
+			continue
+		}
+		verb := strings.ToUpper(strings.SplitN(line, " ", 2)[0])
+		if verb == "EHLO" {
+			say("250-relay.test\r\n250 PIPELINING")
+			continue
+		}
+		r.mu.Lock()
+		r.cmds[verb]++
+		r.mu.Unlock()
+		reply, closing := answer(n, verb)
+		switch {
+		case reply != "":
+		case verb == "DATA":
+			reply, inData = "354 End data with <CR><LF>.<CR><LF>", true
+		case verb == "QUIT":
+			reply, closing = "221 2.0.0 Bye", true
+		default:
+			reply = "250 2.0.0 Ok"
+		}
+		say(reply)
+		if closing {
+			return
+		}
+	}
+}
+
+func (r *rawRelay) counts() (conns int, cmds map[string]int, received int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.conns, maps.Clone(r.cmds), r.received
+}
+
+// TestRsetAnswered421: Postfix ends a session whose refusals pass smtpd_hard_error_limit with
+// "421 4.7.0 Error: too many errors" to the next command, the RSET after a refused recipient
+// when pipelining: the message whose envelope followed the RSET was not looked at, and goes
+// out on a new connection, at no try's cost (a try of one was a 15-minute retry before).
+func TestRsetAnswered421(t *testing.T) {
+	r := startRawRelay(t, func(conn int, verb string) (string, bool) {
+		switch {
+		case conn > 1:
+			return "", false
+		case verb == "RCPT":
+			return "550 5.1.1 <user0@example.com>: Recipient address rejected: User unknown", false
+		case verb == "DATA":
+			return "554 5.5.1 Error: no valid recipients", false
+		case verb == "RSET":
+			return "421 4.7.0 relay.test Error: too many errors", true
+		}
+		return "", false
+	})
+	tr := newTestTransport(t, Options{Clock: newFakeClock(), MaxAttempts: 1}, Relay{Addr: r.addr, TLS: TLSNone, MaxConns: 1})
 	out := send(t, tr, testMessages(2, rcptN))
 	wantStatus(t, out, 0, channel.HardFail)
 	wantStatus(t, out, 1, channel.Sent)
-	if conns.Load() != 2 || received.Load() != 1 {
-		t.Errorf("%d connections, %d messages received; want 2 and 1", conns.Load(), received.Load())
+	if conns, _, received := r.counts(); conns != 2 || received != 1 {
+		t.Errorf("%d connections, %d messages received; want 2 and 1", conns, received)
+	}
+}
+
+// TestRefusedThenClosed: a recipient refused for good, then the connection closed with a 421
+// to the DATA pipelined after it (Postfix past its smtpd_hard_error_limit), keeps its refusal:
+// it is not asked again on another connection. And a 421 to MAIL FROM with the connection
+// closed is reported with its text, not as the end of file that follows.
+func TestRefusedThenClosed(t *testing.T) {
+	r := startRawRelay(t, func(conn int, verb string) (string, bool) {
+		switch verb {
+		case "RCPT":
+			return "550 5.1.1 <bad@example.com>: Recipient address rejected: User unknown", false
+		case "DATA":
+			return "421 4.7.0 relay.test Error: too many errors", true
+		}
+		return "", false
+	})
+	tr := newTestTransport(t, Options{Clock: newFakeClock()}, Relay{Addr: r.addr, TLS: TLSNone, MaxConns: 1})
+	out := send(t, tr, []channel.Message{{ID: 1, To: "bad@example.com", From: "bounces@herald.test", Data: []byte("Subject: x\r\n\r\nx\r\n")}})
+	wantStatus(t, out, 0, channel.HardFail)
+	if out[0].Code != 550 {
+		t.Errorf("out[0] = %+v, want the 550", out[0])
+	}
+	if _, cmds, _ := r.counts(); cmds["RCPT"] != 1 {
+		t.Errorf("the refused recipient was named %d times, want once", cmds["RCPT"])
+	}
+
+	closing := startRawRelay(t, func(conn int, verb string) (string, bool) {
+		if verb == "MAIL" {
+			return "421 4.7.0 relay.test Error: too many connections from 127.0.0.1", true
+		}
+		return "", false
+	})
+	tr = newTestTransport(t, Options{Clock: newFakeClock(), MaxAttempts: 1}, Relay{Addr: closing.addr, TLS: TLSNone, MaxConns: 1})
+	out = send(t, tr, testMessages(1, rcptN))
+	if out[0].Status == channel.Sent || !strings.Contains(out[0].Text, "too many connections") {
+		t.Errorf("out[0] = %+v, want the 421 and its text", out[0])
 	}
 }
 
