@@ -3,6 +3,7 @@ package email
 import (
 	"crypto/tls"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"strconv"
@@ -161,7 +162,7 @@ func parseRelay(s string) (Relay, error) {
 			}
 		case "rate":
 			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f <= 0 {
+			if err != nil || !(f > 0) || math.IsInf(f, 1) {
 				return Relay{}, fmt.Errorf("rate must be a positive number of messages per second, not %q", v)
 			}
 			r.Rate = f

@@ -37,6 +37,8 @@ func TestParseRelaysErrors(t *testing.T) {
 		{"smtp://", "no host"},
 		{"smtp://h?max_conns=0", "max_conns"},
 		{"smtp://h?rate=-1", "rate"},
+		{"smtp://h?rate=NaN", "rate"},
+		{"smtp://h?rate=Inf", "rate"},
 		{"smtp://h?starttls=maybe", "starttls"},
 		{"smtps://h?starttls=require", "does not apply"},
 		{"smtp://h?bogus=1", "unknown option"},

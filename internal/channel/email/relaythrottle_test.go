@@ -2,6 +2,7 @@ package email
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -220,6 +221,15 @@ func TestSendPacesWhenEverythingWaits(t *testing.T) {
 	wantAll(t, out, channel.Deferred)
 	if d := time.Since(start); d < 40*time.Millisecond {
 		t.Errorf("a Send that deferred everything returned after %v; want it held about MaxWait (50ms)", d)
+	}
+	// So does one given more room for outcomes than messages, as Send's contract allows.
+	start = time.Now()
+	out = make([]channel.Outcome, 5)
+	if err := tr.Send(context.Background(), testMessages(3, func(i int) string { return rcptN(i + 20) }), out); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 40*time.Millisecond {
+		t.Errorf("with room for 5 outcomes, a Send that deferred its 3 messages returned after %v", d)
 	}
 }
 

@@ -303,7 +303,7 @@ func (t *Transport) pace(ctx context.Context, b *batch) {
 		return
 	}
 	wait := b.limitWait - t.opts.MaxWait
-	for i := range b.out {
+	for i := range b.msgs {
 		if b.out[i].Status != channel.Deferred {
 			return
 		}
