@@ -106,7 +106,8 @@ type DomainLimiter struct {
 
 	mu      sync.Mutex
 	domains map[string]*domainState
-	share   float64 // this node's part of the configured rates (SetShare)
+	share   float64   // this node's part of the configured rates (SetShare)
+	swept   time.Time // when the states no longer needed were last dropped (sweep)
 
 	// slots caps the messages in progress per domain, when Conns or
 	// DefaultConns are set; nil otherwise, and then costs nothing.
@@ -210,13 +211,41 @@ func (l *DomainLimiter) recover(st *domainState, now time.Time) (lifted bool) {
 // send calls Cancel.
 func (l *DomainLimiter) Reserve(domain string) time.Duration {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	now := l.clock.Now()
-	st := l.state(domain, now)
-	if st == nil {
-		return 0
+	due := now.Sub(l.swept) >= sweepEvery
+	if due {
+		l.swept = now
+		l.sweep(now)
 	}
-	return st.b.reserve(now)
+	var wait time.Duration
+	if st := l.state(domain, now); st != nil {
+		wait = st.b.reserve(now)
+	}
+	l.mu.Unlock()
+	if due && l.slots != nil {
+		l.slots.sweep()
+	}
+	return wait
+}
+
+// sweepEvery is how often the states of domains no longer sent to are dropped: with a
+// default cap (a "*" rate, or DefaultConns), every domain ever sent to would otherwise keep
+// one for the life of the process, and a list of a million domains holds hundreds of
+// thousands.
+const sweepEvery = time.Minute
+
+// sweep drops the rate states a domain would get back as they are: not slowed down (after
+// applying the recovery due) and with a full bucket. l.mu is held.
+func (l *DomainLimiter) sweep(now time.Time) {
+	for dom := range l.domains {
+		st := l.state(dom, now) // applies recovery, and drops a lifted one
+		if st == nil || st.slow.on() {
+			continue
+		}
+		if st.b.refill(now); st.b.tokens >= st.b.burst {
+			delete(l.domains, dom)
+		}
+	}
 }
 
 // Cancel returns a reservation that was not used.
@@ -462,6 +491,17 @@ func (s *slots) release(domain string) {
 	st.inUse--
 	s.grant(domain, st)
 	s.forget(domain, st)
+}
+
+// sweep drops the states of domains whose cut cap has recovered and that
+// nothing holds or waits for.
+func (s *slots) sweep() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for dom, st := range s.domains {
+		s.capOf(dom) // applies the recovery due
+		s.forget(dom, st)
+	}
 }
 
 // forget drops a domain's state once nothing holds or waits for a slot and

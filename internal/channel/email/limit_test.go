@@ -2,6 +2,7 @@ package email
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -304,5 +305,48 @@ func TestDomainSlotsThrottleAndRecover(t *testing.T) {
 	l.Throttle("other.example")
 	if c := s.limit("other.example"); c != 0 {
 		t.Fatalf("other.example got a cap of %d", c)
+	}
+}
+
+// TestDomainStatesAreDropped: with default caps on rates and on messages in progress, the
+// states of the domains sent to, throttled or not, are dropped once they would be made again
+// as they are, instead of piling up for the life of the process (found in review: 100,000
+// domains sent to kept 100,000 states of each kind a day later).
+func TestDomainStatesAreDropped(t *testing.T) {
+	clock := newFakeClock()
+	l := NewDomainLimiter(DomainLimits{Default: 100, DefaultConns: 5, Recover: 10 * time.Minute}, clock)
+	for i := range 10_000 {
+		dom := fmt.Sprintf("d%d.example", i)
+		l.Reserve(dom)
+		if !l.slots.tryAcquire(dom) {
+			t.Fatalf("%s: no slot", dom)
+		}
+		if i%2 == 0 {
+			l.Throttle(dom)
+		}
+		l.slots.release(dom)
+	}
+	// A day later, two sweeps: the first ends the throttles, which leaves their buckets to
+	// fill at the rate they are back to.
+	clock.Advance(24 * time.Hour)
+	l.Reserve("now.example")
+	clock.Advance(sweepEvery)
+	l.Reserve("now.example")
+	l.mu.Lock()
+	rates := len(l.domains)
+	l.mu.Unlock()
+	l.slots.mu.Lock()
+	caps := len(l.slots.domains)
+	l.slots.mu.Unlock()
+	if rates > 1 || caps > 0 {
+		t.Errorf("a day later, %d rate states and %d cap states are kept; want the one just used", rates, caps)
+	}
+	// A domain in the middle of a throttle keeps its state through a sweep.
+	l.Throttle("slow.example")
+	l.Throttle("slow.example")
+	clock.Advance(sweepEvery)
+	l.Reserve("now.example")
+	if r := l.Rate("slow.example"); r != 50 {
+		t.Errorf("a throttled domain's rate after a sweep = %v, want 50 still", r)
 	}
 }
