@@ -104,11 +104,12 @@ type pool struct {
 	// down, and a connection opened does not end its back-off; a sender it
 	// takes again does.
 	refusing atomic.Bool
-	// exhausted says the relay last answered that the sending quota of the
-	// account Herald uses there is used up (see quotaUsedUp): it is skipped
-	// like a relay that is down, and neither a connection opened nor a
-	// sender taken ends its back-off; a message it accepts does.
-	exhausted atomic.Bool
+	// held says the relay last refused mail for the account Herald sends
+	// with, not for the message: its sending quota used up (quotaUsedUp), a
+	// sender refused only after the data (senderRefusedAfterData). It is
+	// skipped like a relay that is down, and neither a connection opened nor
+	// a sender taken ends its back-off; a message it accepts does.
+	held atomic.Bool
 	// unverified says the last connection opened took a certificate that
 	// does not verify (opportunistic STARTTLS), to log the change once.
 	unverified bool
@@ -399,7 +400,7 @@ func (t *Transport) work(ctx context.Context, p *pool, b *batch) {
 		case errors.Is(err, errSenderRefused):
 			t.discard(p, c, true) // the connection is sound; the relay will not take our mail
 			return
-		case errors.Is(err, errQuotaUsedUp):
+		case errors.Is(err, errHeld):
 			t.discard(p, c, false) // sound too, but a transaction may be half open
 			return
 		case err != nil || c.broken:
@@ -475,7 +476,7 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 		return nil, false, err
 	}
 	p.mu.Lock()
-	if !p.refusing.Load() && !p.exhausted.Load() {
+	if !p.refusing.Load() && !p.held.Load() {
 		if p.failures > 0 {
 			t.log.Info("smtp relay is back", "relay", p.relay.String())
 		}
@@ -562,39 +563,45 @@ func (t *Transport) skip(p *pool, err error, msg string) {
 var errSenderRefused = errors.New("the relay refused the envelope sender")
 
 // senderRefused reports whether o, the answer at stage (0: MAIL FROM, 1:
-// RCPT TO) of a message from → to, refuses the envelope sender for good
-// whatever the message: a sender address or domain the relay does not take,
-// AUTH it requires, a policy. That is about Herald's configuration, not the
+// RCPT TO) of a message from → to, refuses the envelope sender whatever the
+// message: a sender address or domain the relay does not take, AUTH it
+// requires, a policy. That is about Herald's configuration, not the
 // recipient, and failing each message for it would fail a whole delivery in
-// seconds.
+// seconds; retrying each on its own back-off would put them all in retry.
 //
 // At MAIL FROM every permanent refusal is the sender's, but a message too big
 // (552, X.3.4), which is the message's own. Servers that delay their
 // restrictions to RCPT TO (Postfix's default, smtpd_delay_reject) refuse the
-// sender there: a permanent refusal at RCPT TO is the sender's when its
-// enhanced code is about the sender (X.1.7, X.1.8, RFC 3463) or its text says
-// so: Postfix's "Sender address rejected", or the sender's address named
-// without the recipient's. Postfix refuses the client host there too
-// ("554 5.7.1 <unknown[192.0.2.7]>: Client host rejected: Access denied", a
-// node whose address the relay does not know), which is as much the same for
-// every message, and counts as the same.
+// sender there: a refusal at RCPT TO is the sender's when it is aboutSender.
+// A temporary refusal is the sender's, at either step, when it is
+// aboutSender too ("450 4.1.8 <b+1.x@bounce.example>: Sender address
+// rejected: Domain not found", Postfix's reject_unknown_sender_domain while
+// the bounce domain does not resolve); other temporary answers to MAIL FROM
+// ask to slow down (relayThrottled).
 func senderRefused(stage int, o channel.Outcome, from, to string) bool {
-	if o.Status != channel.HardFail {
-		return false
-	}
-	switch stage {
-	case 0:
+	switch {
+	case stage == 0 && o.Status == channel.HardFail:
 		return o.Code != 552 && !strings.HasSuffix(o.Enhanced, ".3.4")
-	case 1:
-		if strings.HasSuffix(o.Enhanced, ".1.7") || strings.HasSuffix(o.Enhanced, ".1.8") {
-			return true
-		}
-		if t := strings.ToLower(o.Text); strings.Contains(t, "sender address rejected") || strings.Contains(t, "client host rejected") {
-			return true
-		}
-		return from != "" && strings.Contains(o.Text, "<"+from+">") && !strings.Contains(o.Text, "<"+to+">")
+	case stage <= 1 && (o.Status == channel.HardFail || o.Status == channel.SoftFail):
+		return aboutSender(o, from, to)
 	}
 	return false
+}
+
+// aboutSender reports an answer about the sender or the client rather than
+// the recipient: its enhanced code about the sender (X.1.7, X.1.8, RFC 3463),
+// its text Postfix's "Sender address rejected" or "Client host rejected"
+// ("554 5.7.1 <unknown[192.0.2.7]>: Client host rejected: Access denied", a
+// node whose address the relay does not know, as much the same for every
+// message), or the sender's address named without the recipient's.
+func aboutSender(o channel.Outcome, from, to string) bool {
+	if strings.HasSuffix(o.Enhanced, ".1.7") || strings.HasSuffix(o.Enhanced, ".1.8") {
+		return true
+	}
+	if t := strings.ToLower(o.Text); strings.Contains(t, "sender address rejected") || strings.Contains(t, "client host rejected") {
+		return true
+	}
+	return from != "" && strings.Contains(o.Text, "<"+from+">") && !strings.Contains(o.Text, "<"+to+">")
 }
 
 // refuseSender handles the relay's refusal o of message i's envelope sender,
@@ -618,9 +625,9 @@ func (t *Transport) refuseSender(p *pool, b *batch, i, stage int, o channel.Outc
 	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errSenderRefused, err)
 }
 
-// errQuotaUsedUp ends a connection's run when its relay answered that the
-// sending quota of Herald's account there is used up.
-var errQuotaUsedUp = errors.New("the relay's sending quota is used up")
+// errHeld ends a connection's run when its relay refused mail for the
+// account Herald sends with (pool.held).
+var errHeld = errors.New("the relay takes no mail from this account for now")
 
 // quotaUsedUp reports an answer o to a message to `to` saying that the
 // sender's quota at the relay is used up for a period, whatever its code and
@@ -639,13 +646,44 @@ func names(o channel.Outcome, to string) bool {
 	return strings.Contains(strings.ToLower(o.Text), strings.ToLower(to))
 }
 
-// holdForQuota handles the relay's answer o that the sending quota is used
-// up, given at step to message i and, in a pipelined run, with message next's
-// envelope already written (-1 if none): both go back untried, to another
-// relay or to the queue, the relay is skipped for a back-off (with its answer
-// for the operator: Wait), and the run ends with errQuotaUsedUp. The relay is
-// tried again after each back-off; the first message it accepts ends it.
-func (t *Transport) holdForQuota(p *pool, b *batch, i, next int, step string, o channel.Outcome) error {
+// senderRefusedAfterData reports a permanent refusal after the data that is
+// about the sender, not the message or its recipient, so the same for every
+// message: aboutSender, or Amazon SES's "554 Message rejected: Email
+// address is not verified. The following identities failed the check in
+// region ...: news@shop.example" (the From header's address, which SES checks
+// there), and not naming the recipient (SES's sandbox names an unverified
+// recipient so: that one is the recipient's).
+func senderRefusedAfterData(o channel.Outcome, to string) bool {
+	if o.Status != channel.HardFail || names(o, to) {
+		return false
+	}
+	return aboutSender(o, "", to) || strings.Contains(strings.ToLower(o.Text), "email address is not verified")
+}
+
+const quotaLog = "smtp relay says the sending quota is used up, skipping it"
+
+// heldAfterData returns why the answer o to message i's data refuses every
+// message for now (a log line), or "" when it is the message's own.
+func heldAfterData(o channel.Outcome, to string) string {
+	switch {
+	case o.Status == channel.Sent:
+		return ""
+	case quotaUsedUp(o, to):
+		return quotaLog
+	case senderRefusedAfterData(o, to):
+		return "smtp relay refuses the sender after the data, skipping it"
+	}
+	return ""
+}
+
+// hold handles the relay's answer o at step to message i that it takes no
+// mail from this account for now (pool.held; msg says why, in the log), with,
+// in a pipelined run, message next's envelope already written (-1 if none):
+// both go back untried, to another relay or to the queue, the relay is
+// skipped for a back-off (with its answer for the operator: Wait), and the
+// run ends with errHeld. The relay is tried again after each back-off; the
+// first message it accepts ends it.
+func (t *Transport) hold(p *pool, b *batch, i, next int, step string, o channel.Outcome, msg string) error {
 	err := &ReplyError{Step: step, Code: o.Code, Enhanced: o.Enhanced, Text: o.Text}
 	for _, k := range []int{i, next} {
 		if k >= 0 {
@@ -653,15 +691,15 @@ func (t *Transport) holdForQuota(p *pool, b *batch, i, next int, step string, o 
 			b.requeue(k, softFail(err), true)
 		}
 	}
-	p.exhausted.Store(true)
-	t.skip(p, err, "smtp relay says the sending quota is used up, skipping it")
-	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errQuotaUsedUp, err)
+	p.held.Store(true)
+	t.skip(p, err, msg)
+	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errHeld, err)
 }
 
-// accepted records that p accepted a message, ending a back-off for a
-// sending quota used up.
+// accepted records that p accepted a message, ending a back-off for refusing
+// mail from this account (pool.held).
 func (t *Transport) accepted(p *pool) {
-	t.lift(p, &p.exhausted, "smtp relay takes mail again after its sending quota was used up")
+	t.lift(p, &p.held, "smtp relay takes mail again")
 }
 
 // senderTaken records that p took an envelope sender, ending a back-off for
@@ -670,7 +708,7 @@ func (t *Transport) senderTaken(p *pool) {
 	t.lift(p, &p.refusing, "smtp relay takes the envelope sender again")
 }
 
-// lift ends the back-off of p that held (p.refusing, p.exhausted) says it
+// lift ends the back-off of p that held (p.refusing, p.held) says it
 // is in, logging msg once.
 func (t *Transport) lift(p *pool, held *atomic.Bool, msg string) {
 	if !held.Load() {
@@ -1002,8 +1040,8 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			t.done(b, body)
 			if !lone {
 				o := outcome(code, c.text)
-				if o.Status != channel.Sent && quotaUsedUp(o, b.msgs[body].To) {
-					return t.holdForQuota(p, b, body, i, "end of data", o)
+				if why := heldAfterData(o, b.msgs[body].To); why != "" {
+					return t.hold(p, b, body, i, "end of data", o, why)
 				}
 				t.settle(p, b, body, o)
 			}
@@ -1067,7 +1105,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		if failed && quotaUsedUp(failure, b.msgs[i].To) {
 			// (A DATA accepted nonetheless is left open: the connection is
 			// closed, which ends the transaction with nothing delivered.)
-			return t.holdForQuota(p, b, i, -1, [...]string{"MAIL FROM", "RCPT TO", "DATA"}[stage], failure)
+			return t.hold(p, b, i, -1, [...]string{"MAIL FROM", "RCPT TO", "DATA"}[stage], failure, quotaLog)
 		}
 		refused := failed && data != 354 && senderRefused(stage, failure, b.msgs[i].From, b.msgs[i].To)
 		if !refused && (!failed || stage > 0) {
@@ -1169,7 +1207,7 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			o := outcome(code, c.text)
 			failure = &o
 			if quotaUsedUp(o, m.To) {
-				return t.holdForQuota(p, b, i, -1, [...]string{"MAIL FROM", "RCPT TO", "DATA"}[k], o)
+				return t.hold(p, b, i, -1, [...]string{"MAIL FROM", "RCPT TO", "DATA"}[k], o, quotaLog)
 			}
 			if senderRefused(k, o, m.From, m.To) {
 				return t.refuseSender(p, b, i, k, o)
@@ -1220,8 +1258,8 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 		}
 		replies++
 		o := outcome(code, c.text)
-		if o.Status != channel.Sent && quotaUsedUp(o, m.To) {
-			return t.holdForQuota(p, b, i, -1, "end of data", o)
+		if why := heldAfterData(o, m.To); why != "" {
+			return t.hold(p, b, i, -1, "end of data", o, why)
 		}
 		t.settle(p, b, i, o)
 		if c.broken {

@@ -869,12 +869,47 @@ func TestQuotaUsedUpClassification(t *testing.T) {
 	}
 }
 
+// TestSenderRefusedAfterData: Amazon SES checks the From identity after the data ("554
+// Message rejected: Email address is not verified ..."): every message would be refused so,
+// and none fails for it; the relay is skipped like one whose quota is used up. Its sandbox
+// names an unverified recipient the same way: that one is the recipient's, and fails.
+func TestSenderRefusedAfterData(t *testing.T) {
+	for _, tc := range smtpModes {
+		t.Run(tc.name, func(t *testing.T) {
+			s := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			msgs := testMessages(10, rcptN)
+			const unverified = "Message rejected: Email address is not verified. The following identities failed the check in region US-EAST-1: "
+			for _, m := range msgs {
+				s.Script(m.To, smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Code: 554, Text: unverified + "news@shop.example"}))
+			}
+			var logs bytes.Buffer
+			tr := newTestTransport(t, Options{Clock: newFakeClock(), Logger: slog.New(slog.NewTextHandler(&logs, nil))}, plainRelay(s, 2))
+			wantAll(t, send(t, tr, msgs), channel.Deferred)
+			if wait, why := tr.Wait(); wait <= 0 || !strings.Contains(why, "news@shop.example") {
+				t.Errorf("Wait() = %v, %q; want a back-off and the relay's answer", wait, why)
+			}
+			if !strings.Contains(logs.String(), "refuses the sender after the data") {
+				t.Errorf("no warning logged:\n%s", logs.String())
+			}
+
+			sandbox := smtptest.Start(t, smtptest.Options{NoPipelining: tc.noPipelining})
+			m := testMessages(1, rcptN)
+			sandbox.Script(m[0].To, smtptest.Always(smtptest.Action{Stage: smtptest.AtData, Code: 554, Text: unverified + m[0].To}))
+			tr = newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(sandbox, 1))
+			wantAll(t, send(t, tr, m), channel.HardFail)
+		})
+	}
+}
+
 // TestSenderRefusedClassification: which permanent answers refuse the envelope sender,
 // whoever the recipient, rather than the message or its recipient.
 func TestSenderRefusedClassification(t *testing.T) {
 	const from, to = "b+12.abc@bounce.example", "ann@example.com"
 	hard := func(code int, enh, text string) channel.Outcome {
 		return channel.Outcome{Status: channel.HardFail, Code: code, Enhanced: enh, Text: text}
+	}
+	soft := func(code int, enh, text string) channel.Outcome {
+		return channel.Outcome{Status: channel.SoftFail, Code: code, Enhanced: enh, Text: text}
 	}
 	for _, tc := range []struct {
 		stage int
@@ -884,7 +919,7 @@ func TestSenderRefusedClassification(t *testing.T) {
 		{0, hard(553, "5.7.1", "Sender address rejected: not owned by user"), true},
 		{0, hard(530, "5.7.0", "Authentication required"), true},
 		{0, hard(552, "5.3.4", "Message size exceeds fixed limit"), false},
-		{0, channel.Outcome{Status: channel.SoftFail, Code: 451, Enhanced: "4.3.0", Text: "try later"}, false},
+		{0, soft(451, "4.3.0", "try later"), false},
 		// Postfix with smtpd_delay_reject (its default) answers at RCPT TO.
 		{1, hard(554, "5.7.1", "<"+from+">: Sender address rejected: Access denied"), true},
 		{1, hard(550, "5.1.8", "Domain of sender address does not exist"), true},
@@ -895,6 +930,13 @@ func TestSenderRefusedClassification(t *testing.T) {
 		{1, hard(554, "5.7.1", "Client host blocked using zen.spamhaus.org"), false},
 		{1, hard(554, "5.7.1", "<unknown[192.0.2.7]>: Client host rejected: Access denied"), true},
 		{2, hard(554, "5.7.1", "Sender address rejected"), false},
+		// Temporary refusals of the sender, at either step; other temporary answers are not.
+		{1, soft(450, "4.1.8", "<"+from+">: Sender address rejected: Domain not found"), true},
+		{0, soft(451, "4.1.8", "Domain of sender address does not resolve"), true},
+		{1, soft(450, "4.7.25", "Client host rejected: cannot find your hostname, [192.0.2.7]"), true},
+		{1, soft(450, "4.2.0", "<"+to+">: Recipient address rejected: Greylisted"), false},
+		{1, soft(450, "4.7.1", "Error: too many recipients from 192.0.2.7"), false},
+		{0, soft(421, "4.7.0", "Too many messages, slow down"), false},
 	} {
 		if got := senderRefused(tc.stage, tc.o, from, to); got != tc.want {
 			t.Errorf("senderRefused(stage %d, %d %s %q) = %v, want %v", tc.stage, tc.o.Code, tc.o.Enhanced, tc.o.Text, got, tc.want)
