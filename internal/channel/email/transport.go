@@ -147,10 +147,16 @@ func (p *pool) waitDials(ctx context.Context) {
 // with the connections it took, before one more is tried.
 const connLimitFor = time.Minute
 
-// maxConns returns how many connections to p may be open now.
+// maxConns returns how many connections to p may be open now: one while the
+// relay is tried again after a failure (down, refusing the sender or this
+// host, its quota used up), until it works again; before, each try after a
+// back-off opened max_conns connections at once, each failed or refused.
 func (p *pool) maxConns(now time.Time) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.failures > 0 {
+		return 1
+	}
 	if p.connLimit > 0 && now.Before(p.connLimitUntil) {
 		return p.connLimit
 	}
@@ -705,7 +711,7 @@ func (t *Transport) accepted(p *pool) {
 // senderTaken records that p took an envelope sender, ending a back-off for
 // refusing one.
 func (t *Transport) senderTaken(p *pool) {
-	t.lift(p, &p.refusing, "smtp relay takes the envelope sender again")
+	t.lift(p, &p.refusing, "smtp relay takes our mail again")
 }
 
 // lift ends the back-off of p that held (p.refusing, p.held) says it

@@ -901,6 +901,34 @@ func TestSenderRefusedAfterData(t *testing.T) {
 	}
 }
 
+// TestRelayTriedAgainOnOneConnection: a relay tried again after a back-off is tried over one
+// connection until it works again, not max_conns at once each refused (Postfix probe: 20
+// connections refused at each try of a relay refusing this host); once it works, it gets them
+// all again.
+func TestRelayTriedAgainOnOneConnection(t *testing.T) {
+	s := smtptest.Start(t, smtptest.Options{})
+	s.RefuseSenders(smtptest.Action{Code: 554, Enhanced: "5.7.1", Text: "<localhost[127.0.0.1]>: Client host rejected: Access denied"})
+	clock := newFakeClock()
+	tr := newTestTransport(t, Options{Clock: clock}, plainRelay(s, 4))
+	wantAll(t, send(t, tr, testMessages(40, rcptN)), channel.Deferred)
+	for range 3 {
+		clock.Advance(time.Hour) // past any back-off
+		before := s.Connections()
+		wantAll(t, send(t, tr, testMessages(40, rcptN)), channel.Deferred)
+		if n := s.Connections() - before; n != 1 {
+			t.Fatalf("tried again over %d connections, want 1", n)
+		}
+	}
+	s.RefuseSenders(smtptest.Action{})
+	clock.Advance(time.Hour)
+	wantAll(t, send(t, tr, testMessages(40, rcptN)), channel.Sent)
+	before := s.Connections()
+	wantAll(t, send(t, tr, testMessages(400, func(i int) string { return rcptN(i + 100) })), channel.Sent)
+	if n := s.Connections() - before; n < 2 {
+		t.Errorf("working again, the relay got %d new connections for 400 messages; want its max_conns back", n)
+	}
+}
+
 // TestSenderRefusedClassification: which permanent answers refuse the envelope sender,
 // whoever the recipient, rather than the message or its recipient.
 func TestSenderRefusedClassification(t *testing.T) {
