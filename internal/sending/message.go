@@ -361,6 +361,14 @@ func (w *worker) prepare(ctx context.Context, d activeDelivery, rows []row) (*ba
 			b.failed = append(b.failed, failedRow{row, "the message could not be built: " + err.Error()})
 			continue
 		}
+		if start == 0 {
+			// The first message tells the batch's size: room for all of it at once. Grown
+			// by appends, the buffer went through copies that the batch's earlier messages
+			// kept alive, tens of MB at the start of a send (the 1,000,000 bench's peak RSS).
+			if need := len(w.buf) * len(rows) * 9 / 8; cap(w.buf) < need {
+				w.buf = append(make([]byte, 0, need), w.buf...)
+			}
+		}
 		b.rows = append(b.rows, row)
 		b.msgs = append(b.msgs, channel.Message{ID: row.id, To: to, From: from, Data: w.buf[start:len(w.buf):len(w.buf)], Plain: true})
 	}
