@@ -906,12 +906,19 @@ func (t *Transport) relayThrottled(p *pool, stage int, o channel.Outcome, own bo
 	return false
 }
 
-// settle records the server's final answer o to message i's data. An answer
-// that the client sends too much (clientLimited: Amazon SES answers "454
+// settle records the server's final answer o to message i's data. A 421
+// gives the message to another connection; an answer that the client sends
+// too much (clientLimited: Amazon SES answers "454
 // Throttling failure: Maximum sending rate exceeded" there) cuts the relay's
 // rate and gives the message back untried; the others settle it and tell the
 // limiters (feedback).
 func (t *Transport) settle(p *pool, b *batch, i int, o channel.Outcome) {
+	if o.Code == 421 {
+		// The server closes the connection and did not take the message (one
+		// shutting down, or past its error limit): another connection may.
+		b.requeue(i, o, false)
+		return
+	}
 	if clientLimited(o, b.msgs[i].To) {
 		t.throttleRelay(p, fmt.Sprintf("%d %s %s", o.Code, o.Enhanced, o.Text))
 		b.requeue(i, slowDown(o), false)

@@ -448,7 +448,8 @@ func deadRelay(t *testing.T) (addr string, accepts *atomic.Int64) {
 
 // rawRelay is a pipelining SMTP server written out by hand, for answers smtptest cannot give
 // (a 421 to RSET or to DATA, and the connection closed after). answer gets the connection's
-// number, from 1, and each command's verb (MAIL, RCPT, DATA, RSET, QUIT): "" accepts it, and
+// number, from 1, and each command's verb (MAIL, RCPT, DATA, RSET, QUIT; "." for the end of the
+// data): "" accepts it, and
 // close ends the connection after the reply. It counts the commands by verb and the messages
 // received.
 type rawRelay struct {
@@ -498,10 +499,17 @@ func (r *rawRelay) serve(nc net.Conn, n int, answer func(int, string) (string, b
 		if inData {
 			if line == "." {
 				inData = false
-				r.mu.Lock()
-				r.received++
-				r.mu.Unlock()
-				say("250 2.0.0 Ok: queued as Q")
+				reply, closing := answer(n, ".")
+				if reply == "" {
+					r.mu.Lock()
+					r.received++
+					r.mu.Unlock()
+					reply = "250 2.0.0 Ok: queued as Q"
+				}
+				say(reply)
+				if closing {
+					return
+				}
 			}
 			continue
 		}
@@ -597,6 +605,27 @@ func TestRefusedThenClosed(t *testing.T) {
 	out = send(t, tr, testMessages(1, rcptN))
 	if out[0].Status == channel.Sent || !strings.Contains(out[0].Text, "too many connections") {
 		t.Errorf("out[0] = %+v, want the 421 and its text", out[0])
+	}
+}
+
+// TestEndOfDataAnswered421: a 421 to the end of the data (a server shutting down) refuses the
+// message and closes the connection: the message goes out on another connection within the
+// same Send, instead of to a 15-minute retry, and its domain is not slowed down for it.
+func TestEndOfDataAnswered421(t *testing.T) {
+	r := startRawRelay(t, func(conn int, verb string) (string, bool) {
+		if conn == 1 && verb == "." {
+			return "421 4.3.2 relay.test Service shutting down, closing transmission channel", true
+		}
+		return "", false
+	})
+	tr := newTestTransport(t, Options{Clock: newFakeClock()}, Relay{Addr: r.addr, TLS: TLSNone, MaxConns: 1})
+	out := send(t, tr, testMessages(3, rcptN))
+	wantAll(t, out, channel.Sent)
+	if conns, _, received := r.counts(); conns != 2 || received != 3 {
+		t.Errorf("%d connections, %d messages received; want 2 and 3", conns, received)
+	}
+	if rate := tr.Domains().Rate("example.com"); rate != 0 {
+		t.Errorf("example.com slowed down to %v/s for a server shutting down", rate)
 	}
 }
 
