@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,6 +111,9 @@ type pool struct {
 	// skipped like a relay that is down, and neither a connection opened nor
 	// a sender taken ends its back-off; a message it accepts does.
 	held atomic.Bool
+	// caps is what the relay's last EHLO offered that a message may need
+	// (check): nil until a connection to it opened.
+	caps atomic.Pointer[relayCaps]
 	// unverified says the last connection opened took a certificate that
 	// does not verify (opportunistic STARTTLS), to log the change once.
 	unverified bool
@@ -277,6 +281,9 @@ func (t *Transport) Send(ctx context.Context, msgs []channel.Message, out []chan
 			b.noRelay = true
 			break
 		}
+		if b.strand(up, t.pools); b.empty() {
+			break
+		}
 		var wg sync.WaitGroup
 		left := b.remaining()
 		now := t.clock.Now()
@@ -392,7 +399,7 @@ func (t *Transport) downReason() string {
 // work sends messages from b over connections of p until b has no message
 // left to take or p fails.
 func (t *Transport) work(ctx context.Context, p *pool, b *batch) {
-	for !b.empty() && ctx.Err() == nil {
+	for b.hasFor(p) && ctx.Err() == nil {
 		c, reused, err := t.get(ctx, p)
 		if err != nil {
 			return
@@ -481,6 +488,7 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 		}
 		return nil, false, err
 	}
+	p.caps.Store(&relayCaps{smtputf8: c.smtputf8, size: c.size})
 	p.mu.Lock()
 	if !p.refusing.Load() && !p.held.Load() {
 		if p.failures > 0 {
@@ -761,13 +769,17 @@ func (t *Transport) discard(p *pool, c *conn, polite bool) {
 // could wait on the others doing the same.
 func (t *Transport) next(ctx context.Context, p *pool, c *conn, b *batch, busy bool) int {
 	for ctx.Err() == nil {
-		i, parked, ok := b.take()
+		i, parked, ok := b.take(p)
 		if !ok {
 			return -1
 		}
 		m := &b.msgs[i]
-		if o, bad := check(m, c); bad {
-			b.out[i] = o
+		if o, bad, relay := check(m, c); bad {
+			if relay {
+				t.elsewhere(p, b, i, o)
+			} else {
+				b.out[i] = o
+			}
 			continue
 		}
 		dom := domainOf(m.To)
@@ -973,8 +985,10 @@ func domainOf(addr string) string {
 }
 
 // check refuses messages that cannot be sent as they stand; the outcome
-// is a HardFail with Code 0, since no server answered.
-func check(m *channel.Message, c *conn) (channel.Outcome, bool) {
+// is a HardFail with Code 0, since no server answered. relay says the
+// refusal is this relay's (a message over its SIZE, an internationalised
+// address without its SMTPUTF8), which another relay may not share.
+func check(m *channel.Message, c *conn) (o channel.Outcome, refused, relay bool) {
 	const bad = "\r\n<> \t\x00"
 	var reason string
 	switch {
@@ -984,18 +998,63 @@ func check(m *channel.Message, c *conn) (channel.Outcome, bool) {
 		reason = fmt.Sprintf("invalid envelope sender %q", m.From)
 	case len(m.Data) == 0:
 		reason = "empty message"
-	case c.size > 0 && int64(len(m.Data)) > c.size:
-		reason = fmt.Sprintf("message of %d bytes exceeds the relay's limit of %d bytes", len(m.Data), c.size)
-	case !c.smtputf8 && needsUTF8(m.From, m.To):
+	case !(&relayCaps{smtputf8: c.smtputf8, size: c.size}).carry(m):
+		relay = true
+		if c.size > 0 && int64(len(m.Data)) > c.size {
+			reason = fmt.Sprintf("message of %d bytes exceeds the relay's limit of %d bytes", len(m.Data), c.size)
+			break
+		}
 		a := m.To
 		if ascii(a) {
 			a = m.From
 		}
 		reason = fmt.Sprintf("the internationalised address %q needs SMTPUTF8 (RFC 6531), which the relay does not offer", a)
 	default:
-		return channel.Outcome{}, false
+		return channel.Outcome{}, false, false
 	}
-	return channel.Outcome{Status: channel.HardFail, Text: "not sent: " + reason}, true
+	return channel.Outcome{Status: channel.HardFail, Text: "not sent: " + reason}, true, relay
+}
+
+// relayCaps is what a relay offers that a message may need.
+type relayCaps struct {
+	smtputf8 bool
+	size     int64 // SIZE, 0 for none
+}
+
+// carry reports whether a relay offering r can take m.
+func (r *relayCaps) carry(m *channel.Message) bool {
+	return (r.size <= 0 || int64(len(m.Data)) <= r.size) && (r.smtputf8 || !needsUTF8(m.From, m.To))
+}
+
+// mayCarry reports whether p can take m, as far as its last EHLO says (yes
+// before any).
+func (p *pool) mayCarry(m *channel.Message) bool {
+	r := p.caps.Load()
+	return r == nil || r.carry(m)
+}
+
+// elsewhere settles message i, which p cannot carry (o is its refusal): set
+// aside for another relay that is up and may carry it (relays differ in SIZE
+// and SMTPUTF8), Deferred when only one that is down may, refused with o
+// when none may.
+func (t *Transport) elsewhere(p *pool, b *batch, i int, o channel.Outcome) {
+	switch {
+	case otherCarrier(t.upPools(), p, &b.msgs[i]):
+		b.setAside(i, p, o)
+	case otherCarrier(t.pools, p, &b.msgs[i]):
+		b.out[i] = onlyDownCarries(o)
+	default:
+		b.out[i] = o
+	}
+}
+
+// otherCarrier reports whether a relay of ps but not may carry m.
+func otherCarrier(ps []*pool, not *pool, m *channel.Message) bool {
+	return slices.ContainsFunc(ps, func(q *pool) bool { return q != not && q.mayCarry(m) })
+}
+
+func onlyDownCarries(o channel.Outcome) channel.Outcome {
+	return channel.Outcome{Status: channel.Deferred, Text: "not attempted: only a relay that is down may carry it; " + o.Text}
 }
 
 // runPipelined sends messages from b over c with RFC 2920 pipelining: each
@@ -1316,7 +1375,11 @@ type batch struct {
 	next   int
 	retry  []int
 	parked []int // waiting for a slot of their domain, taken last
-	tries  map[int]int
+	// aside are messages a relay could not carry (check), waiting for a
+	// connection of one that may (pool.mayCarry), with the outcome they get
+	// if none does.
+	aside []asideMsg
+	tries map[int]int
 	// limitWait is the shortest wait for a rate limit that made a message
 	// Deferred; noRelay says messages were Deferred for want of a relay (see
 	// pace).
@@ -1334,9 +1397,10 @@ func (b *batch) deferredFor(d time.Duration) {
 	}
 }
 
-// take returns the next message to send: one given back first, then the
-// next untried one, then a parked one (parked says so).
-func (b *batch) take() (i int, parked, ok bool) {
+// take returns the next message for a connection to p: one given back
+// first, then the next untried one, then a parked one (parked says so), then
+// one set aside by another relay that p may carry.
+func (b *batch) take(p *pool) (i int, parked, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if n := len(b.retry); n > 0 {
@@ -1353,7 +1417,19 @@ func (b *batch) take() (i int, parked, ok bool) {
 		b.parked = b.parked[1:]
 		return i, true, true
 	}
+	for k, a := range b.aside {
+		if a.not != p && p.mayCarry(&b.msgs[a.i]) {
+			b.aside = slices.Delete(b.aside, k, k+1)
+			return a.i, false, true
+		}
+	}
 	return 0, false, false
+}
+
+type asideMsg struct {
+	i   int
+	not *pool // the relay that could not carry it, last
+	o   channel.Outcome
 }
 
 // park sets aside a taken message whose domain has no free slot.
@@ -1393,7 +1469,46 @@ func (b *batch) empty() bool { return b.remaining() == 0 }
 func (b *batch) remaining() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return len(b.retry) + len(b.parked) + len(b.msgs) - b.next
+	return len(b.retry) + len(b.parked) + len(b.msgs) - b.next + len(b.aside)
+}
+
+// hasFor reports whether a connection to p has something to take.
+func (b *batch) hasFor(p *pool) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.retry)+len(b.parked)+len(b.msgs)-b.next > 0 {
+		return true
+	}
+	for _, a := range b.aside {
+		if a.not != p && p.mayCarry(&b.msgs[a.i]) {
+			return true
+		}
+	}
+	return false
+}
+
+// setAside keeps message i, which relay not could not carry, for another.
+func (b *batch) setAside(i int, not *pool, o channel.Outcome) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.aside = append(b.aside, asideMsg{i: i, not: not, o: o})
+}
+
+// strand settles the messages set aside that none of the relays up may
+// carry: Deferred when one that is down may, else with the refusal of the
+// last that could not. No worker may run.
+func (b *batch) strand(up, all []*pool) {
+	b.aside = slices.DeleteFunc(b.aside, func(a asideMsg) bool {
+		switch m := &b.msgs[a.i]; {
+		case otherCarrier(up, a.not, m):
+			return false
+		case otherCarrier(all, a.not, m):
+			b.out[a.i] = onlyDownCarries(a.o)
+		default:
+			b.out[a.i] = a.o
+		}
+		return true
+	})
 }
 
 // finishRest settles every message not yet taken with o; no worker may run.
@@ -1407,5 +1522,8 @@ func (b *batch) finishRest(o channel.Outcome) {
 	for i := b.next; i < len(b.msgs); i++ {
 		b.out[i] = o
 	}
-	b.retry, b.parked, b.next = nil, nil, len(b.msgs)
+	for _, a := range b.aside {
+		b.out[a.i] = o
+	}
+	b.retry, b.parked, b.next, b.aside = nil, nil, len(b.msgs), nil
 }

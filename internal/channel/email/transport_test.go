@@ -629,6 +629,58 @@ func TestEndOfDataAnswered421(t *testing.T) {
 	}
 }
 
+// TestRelaysOfferingDifferently: with two relays of which one offers SMTPUTF8 and a larger
+// SIZE, the messages the other cannot carry go through the one that can, instead of failing on
+// whichever relay's connection took them; with no relay up that can, they fail as before.
+func TestRelaysOfferingDifferently(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef012345678901234567890123456789012345678901234\r\n"), 40) // 2,560 bytes
+	msgs := testMessages(40, rcptN)
+	for i := range msgs {
+		switch i % 4 {
+		case 1:
+			msgs[i].To = fmt.Sprintf("jörg%d@example.com", i)
+		case 2:
+			msgs[i].Data = append(append([]byte{}, msgs[i].Data...), big...)
+		}
+	}
+	able := smtptest.Start(t, smtptest.Options{SMTPUTF8: true})
+	plain := smtptest.Start(t, smtptest.Options{MaxMessageBytes: 2048})
+	tr := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(plain, 2), plainRelay(able, 2))
+	for round := range 2 { // the second with both relays' offers known
+		out := send(t, tr, msgs)
+		wantAll(t, out, channel.Sent)
+		for _, m := range plain.Messages() {
+			if !ascii(m.To[0]) || len(m.Data) > 2048 {
+				t.Fatalf("round %d: the relay without SMTPUTF8 and with SIZE 2048 got %s, %d bytes", round, m.To[0], len(m.Data))
+			}
+		}
+	}
+	if plain.Count() == 0 {
+		t.Error("the relay without SMTPUTF8 got nothing: the test tells nothing")
+	}
+
+	// The relay that can is down: they wait, untried.
+	dead, _ := deadRelay(t)
+	clock := newFakeClock()
+	down := newTestTransport(t, Options{Clock: clock}, plainRelay(smtptest.Start(t, smtptest.Options{}), 2), Relay{Addr: dead, TLS: TLSNone, MaxConns: 2})
+	send(t, down, testMessages(4, rcptN)) // the dead relay tried once, and skipped
+	out := send(t, down, msgs[:4])
+	for i, want := range []channel.Status{channel.Sent, channel.Deferred, channel.Sent, channel.Sent} {
+		wantStatus(t, out, i, want)
+	}
+
+	// Only the relay that cannot carry them: they fail, each with its reason.
+	only := newTestTransport(t, Options{Clock: newFakeClock()}, plainRelay(smtptest.Start(t, smtptest.Options{MaxMessageBytes: 2048}), 2))
+	out = send(t, only, msgs)
+	for i := range out {
+		want := channel.Sent
+		if i%4 == 1 || i%4 == 2 {
+			want = channel.HardFail
+		}
+		wantStatus(t, out, i, want)
+	}
+}
+
 // closedAddr returns an address nothing listens on.
 func closedAddr(t *testing.T) string {
 	t.Helper()

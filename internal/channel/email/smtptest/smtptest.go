@@ -149,6 +149,8 @@ type Options struct {
 	// beyond ASCII in a transaction without the SMTPUTF8 parameter is refused
 	// with 553 5.6.7 either way, as the RFC asks of servers.
 	SMTPUTF8 bool
+	// MaxMessageBytes, when set, is offered as SIZE and refuses larger messages.
+	MaxMessageBytes int64
 	// Sink runs a minimal, fast server for benchmarks instead of go-smtp's:
 	// it accepts and discards every message, only counting them, and
 	// ignores every other option.
@@ -226,6 +228,7 @@ func Listen(opts Options) (*Server, error) {
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = "smtptest.invalid"
 	srv.EnableSMTPUTF8 = opts.SMTPUTF8
+	srv.MaxMessageBytes = opts.MaxMessageBytes
 	srv.AllowInsecureAuth = opts.InsecureAuth
 	srv.ReadTimeout = opts.IdleTimeout
 	srv.ErrorLog = log.New(io.Discard, "", 0)
