@@ -111,6 +111,8 @@ type pool struct {
 	// skipped like a relay that is down, and neither a connection opened nor
 	// a sender taken ends its back-off; a message it accepts does.
 	held atomic.Bool
+	// failing mirrors failures > 0, for accepted to read without the lock.
+	failing atomic.Bool
 	// caps is what the relay's last EHLO offered that a message may need
 	// (check): nil until a connection to it opened.
 	caps atomic.Pointer[relayCaps]
@@ -494,7 +496,7 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 		if p.failures > 0 {
 			t.log.Info("smtp relay is back", "relay", p.relay.String())
 		}
-		p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
+		p.resetFailures()
 	}
 	p.open++
 	p.dialDone()
@@ -564,6 +566,7 @@ func (t *Transport) skip(p *pool, err error, msg string) {
 		return // other connections failed together with this one
 	}
 	p.failures++
+	p.failing.Store(true)
 	backoff := t.opts.BackoffMin << min(p.failures-1, 30)
 	if backoff > t.opts.BackoffMax || backoff <= 0 {
 		backoff = t.opts.BackoffMax
@@ -711,9 +714,22 @@ func (t *Transport) hold(p *pool, b *batch, i, next int, step string, o channel.
 }
 
 // accepted records that p accepted a message, ending a back-off for refusing
-// mail from this account (pool.held).
+// mail from this account (pool.held), and the failures of a relay marked
+// down while connections to it stayed open, which would keep it to one
+// connection (maxConns) as long as they do.
 func (t *Transport) accepted(p *pool) {
 	t.lift(p, &p.held, "smtp relay takes mail again")
+	if p.failing.Load() && !p.refusing.Load() && !p.held.Load() {
+		p.mu.Lock()
+		p.resetFailures()
+		p.mu.Unlock()
+	}
+}
+
+// resetFailures ends p's back-off. p.mu is held.
+func (p *pool) resetFailures() {
+	p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
+	p.failing.Store(false)
 }
 
 // senderTaken records that p took an envelope sender, ending a back-off for
@@ -732,7 +748,7 @@ func (t *Transport) lift(p *pool, held *atomic.Bool, msg string) {
 	defer p.mu.Unlock()
 	if held.Swap(false) {
 		t.log.Info(msg, "relay", p.relay.String())
-		p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
+		p.resetFailures()
 	}
 }
 
@@ -1118,6 +1134,13 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 				t.settle(p, b, body, o)
 			}
 			body, lone = -1, false
+			if c.broken && i >= 0 {
+				// 421 to the end of the data: the server closes, and message
+				// i's envelope, written behind the dot, was not looked at.
+				t.done(b, i)
+				b.requeue(i, softFail(errors.New("the server closed the connection: "+string(c.text))), true)
+				return fmt.Errorf("relay %s: 421 %s", p.relay.Addr, c.text)
+			}
 		}
 		if i < 0 {
 			c.open = rset

@@ -449,7 +449,7 @@ func deadRelay(t *testing.T) (addr string, accepts *atomic.Int64) {
 // rawRelay is a pipelining SMTP server written out by hand, for answers smtptest cannot give
 // (a 421 to RSET or to DATA, and the connection closed after). answer gets the connection's
 // number, from 1, and each command's verb (MAIL, RCPT, DATA, RSET, QUIT; "." for the end of the
-// data): "" accepts it, and
+// data; CONNECT before the greeting, where close drops the connection): "" accepts it, and
 // close ends the connection after the reply. It counts the commands by verb and the messages
 // received.
 type rawRelay struct {
@@ -488,6 +488,9 @@ func (r *rawRelay) serve(nc net.Conn, n int, answer func(int, string) (string, b
 	defer nc.Close()
 	in := bufio.NewReader(nc)
 	say := func(s string) { nc.Write([]byte(s + "\r\n")) }
+	if _, closing := answer(n, "CONNECT"); closing {
+		return
+	}
 	say("220 relay.test ESMTP")
 	inData := false
 	for {
@@ -626,6 +629,38 @@ func TestEndOfDataAnswered421(t *testing.T) {
 	}
 	if rate := tr.Domains().Rate("example.com"); rate != 0 {
 		t.Errorf("example.com slowed down to %v/s for a server shutting down", rate)
+	}
+
+	// One try a message: the one refused with the 421 has had its try; the next one, whose
+	// envelope followed the dot, was not looked at and goes on the next connection.
+	r = startRawRelay(t, func(conn int, verb string) (string, bool) {
+		if conn == 1 && verb == "." {
+			return "421 4.3.2 relay.test Service shutting down, closing transmission channel", true
+		}
+		return "", false
+	})
+	tr = newTestTransport(t, Options{Clock: newFakeClock(), MaxAttempts: 1}, Relay{Addr: r.addr, TLS: TLSNone, MaxConns: 1})
+	out = send(t, tr, testMessages(2, rcptN))
+	wantStatus(t, out, 0, channel.SoftFail)
+	wantStatus(t, out, 1, channel.Sent)
+}
+
+// TestRelayBackToItsConnections: a relay marked down by a failed dial while other
+// connections to it stayed open, and tried again over those, gets its max_conns back once it
+// takes mail: it stayed at one connection for as long as those lived (found in review).
+func TestRelayBackToItsConnections(t *testing.T) {
+	r := startRawRelay(t, func(conn int, verb string) (string, bool) {
+		return "", conn == 2 && verb == "CONNECT" // the second connection is dropped unanswered
+	})
+	clock := newFakeClock()
+	tr := newTestTransport(t, Options{Clock: clock}, Relay{Addr: r.addr, TLS: TLSNone, MaxConns: 4})
+	wantAll(t, send(t, tr, testMessages(8, rcptN)), channel.Sent)
+	clock.Advance(5 * time.Second)
+	for range 3 {
+		wantAll(t, send(t, tr, testMessages(200, rcptN)), channel.Sent)
+	}
+	if n := tr.pools[0].maxConns(clock.Now()); n != 4 {
+		t.Errorf("after 600 messages taken, the relay gets %d connections, want its 4", n)
 	}
 }
 
