@@ -7,11 +7,12 @@ import "strings"
 // exceeded" (or "limit"), Amazon SES's "454 Throttling failure: Daily message quota exceeded",
 // Microsoft 365's "550 5.1.90 ... you've reached your daily limit for message recipients",
 // Exchange's "SubmissionQuotaExceededException" and "has exceeded its 24-hour sending limit",
-// hosting providers' "limit of 400 rcpts per 24 hours".
+// hosting providers' "limit of 400 rcpts per 24 hours", SendGrid's "451 Authentication failed:
+// Maximum credits exceeded".
 var sendingQuotaPhrases = []string{
 	"sending quota", "daily message quota", "message quota exceeded", "sending limit",
 	"daily limit for message recipients", "24-hour sending limit", "submissionquotaexceeded",
-	"rcpts per 24 hours",
+	"rcpts per 24 hours", "maximum credits exceeded",
 }
 
 // SendingQuota reports whether a server's answer says that the sender has used up its quota

@@ -599,8 +599,12 @@ func senderRefused(stage int, o channel.Outcome, from, to string) bool {
 	switch {
 	case stage == 0 && o.Status == channel.HardFail:
 		return o.Code != 552 && !strings.HasSuffix(o.Enhanced, ".3.4")
-	case stage <= 1 && (o.Status == channel.HardFail || o.Status == channel.SoftFail):
+	case stage <= 1 && o.Status == channel.HardFail:
 		return aboutSender(o, from, to)
+	case stage <= 1 && o.Status == channel.SoftFail:
+		// A rate limit a policy applies to the sender ("450 4.7.1 <from>: Sender
+		// address rejected: Rate limit reached") asks to slow down instead.
+		return aboutSender(o, from, to) && !clientLimited(o, to)
 	}
 	return false
 }
@@ -968,6 +972,7 @@ func (t *Transport) settle(p *pool, b *batch, i int, o channel.Outcome) {
 var clientLimitTexts = []string{
 	"too many recipients from", "too much mail from", "too many messages from",
 	"rate limit", "ratelimit", "rate-limit", "rate exceeded", "throttl", "sending rate",
+	"sender thread limit", // Microsoft 365: "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
 }
 
 // clientLimited reports a temporary refusal whose text says that the client

@@ -973,6 +973,7 @@ func TestQuotaUsedUpClassification(t *testing.T) {
 		{550, "5.1.90", "Your message can't be sent because you've reached your daily limit for message recipients", true},
 		{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message", true},
 		{550, "5.7.1", "<DATA>: Data command rejected: limit of 400 rcpts per 24 hours for client news@example.org reached", true},
+		{451, "", "Authentication failed: Maximum credits exceeded", true},
 		{454, "", "Throttling failure: Maximum sending rate exceeded", false}, // a pace: clientLimited
 		{552, "5.2.2", "Mailbox quota exceeded", false},
 		{452, "4.2.2", "The email account that you tried to reach is over quota", false},
@@ -1081,6 +1082,7 @@ func TestSenderRefusedClassification(t *testing.T) {
 		{1, soft(450, "4.2.0", "<"+to+">: Recipient address rejected: Greylisted"), false},
 		{1, soft(450, "4.7.1", "Error: too many recipients from 192.0.2.7"), false},
 		{0, soft(421, "4.7.0", "Too many messages, slow down"), false},
+		{1, soft(450, "4.7.1", "<"+from+">: Sender address rejected: Rate limit reached"), false}, // a pace
 	} {
 		if got := senderRefused(tc.stage, tc.o, from, to); got != tc.want {
 			t.Errorf("senderRefused(stage %d, %d %s %q) = %v, want %v", tc.stage, tc.o.Code, tc.o.Enhanced, tc.o.Text, got, tc.want)
