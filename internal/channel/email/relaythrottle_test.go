@@ -318,6 +318,7 @@ func TestClientLimited(t *testing.T) {
 		{451, "", "Ratelimit exceeded for sender", true},
 		{432, "4.3.2", "STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname=AM0PR01MB1234]", true},
 		{450, "", "Try again later", false},
+		{450, "4.7.1", "<ann@example.com>: Recipient address rejected: Rate limit reached, retry later", true}, // a policy server's
 		{450, "", "<ann@example.com>: Recipient address rejected: Greylisted", false},
 		{450, "", "ann@example.com is receiving mail too fast: rate limit", false}, // the recipient's
 		{452, "", "Mailbox quota exceeded", false},

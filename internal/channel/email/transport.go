@@ -662,9 +662,16 @@ func quotaUsedUp(o channel.Outcome, to string) bool {
 }
 
 // names reports whether the text of o names the recipient to: an answer
-// about that mailbox, not about the client.
+// about that mailbox, not about the client. Postfix starts whatever a
+// restriction at RCPT TO answers with the recipient ("<to>: Recipient address
+// rejected: Rate limit reached", a policy server's words): what follows is
+// what tells.
 func names(o channel.Outcome, to string) bool {
-	return strings.Contains(strings.ToLower(o.Text), strings.ToLower(to))
+	t := strings.ToLower(o.Text)
+	if _, rest, ok := strings.Cut(t, "recipient address rejected:"); ok {
+		t = rest
+	}
+	return strings.Contains(t, strings.ToLower(to))
 }
 
 // senderRefusedAfterData reports a permanent refusal after the data that is

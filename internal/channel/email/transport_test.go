@@ -974,7 +974,8 @@ func TestQuotaUsedUpClassification(t *testing.T) {
 		{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message", true},
 		{550, "5.7.1", "<DATA>: Data command rejected: limit of 400 rcpts per 24 hours for client news@example.org reached", true},
 		{451, "", "Authentication failed: Maximum credits exceeded", true},
-		{454, "", "Throttling failure: Maximum sending rate exceeded", false}, // a pace: clientLimited
+		{450, "4.7.1", "<ann@example.com>: Recipient address rejected: daily sending quota exceeded", true}, // a policy server's
+		{454, "", "Throttling failure: Maximum sending rate exceeded", false},                               // a pace: clientLimited
 		{552, "5.2.2", "Mailbox quota exceeded", false},
 		{452, "4.2.2", "The email account that you tried to reach is over quota", false},
 		{550, "5.7.1", "ann@example.com has reached its sending limit", false}, // names the recipient
