@@ -369,3 +369,35 @@ func TestRelayThrottleMetersWhatGoes(t *testing.T) {
 		t.Errorf("the relay, sent one message, was cut to %v from %v a second; want from about 1", cut, from)
 	}
 }
+
+// TestThrottledRelayKeepsFewConnections: a relay cut to a few messages a second gets no more
+// connections than that (at least one), and all of them again once the cut ends.
+func TestThrottledRelayKeepsFewConnections(t *testing.T) {
+	now := time.UnixMilli(5_000_000)
+	p := &pool{relay: Relay{MaxConns: 20}, share: 1, rate: newBucket(0, now)}
+	for i := range 80 {
+		p.throttle.meter.add(now.Add(-time.Duration(79-i) * 11 * time.Millisecond))
+	}
+	p.throttled(now) // 40/s
+	if n := p.maxConns(now); n != 20 {
+		t.Errorf("at 40/s: %d connections, want the 20 of max_conns", n)
+	}
+	for range 4 { // 20, 10, 5, 2.5
+		now = now.Add(throttleDebounce)
+		p.throttled(now)
+	}
+	if n := p.maxConns(now); n != 3 {
+		t.Errorf("at 2.5/s: %d connections, want 3", n)
+	}
+	for range 6 {
+		now = now.Add(throttleDebounce)
+		p.throttled(now)
+	}
+	if n := p.maxConns(now); n != 1 {
+		t.Errorf("at %v/s: %d connections, want 1", p.throttle.rate, n)
+	}
+	p.recovered(now.Add(time.Hour))
+	if n := p.maxConns(now.Add(time.Hour)); n != 20 {
+		t.Errorf("recovered: %d connections, want 20", n)
+	}
+}

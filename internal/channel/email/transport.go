@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -157,16 +158,25 @@ const connLimitFor = time.Minute
 // relay is tried again after a failure (down, refusing the sender or this
 // host, its quota used up), until it works again; before, each try after a
 // back-off opened max_conns connections at once, each failed or refused.
+//
+// A relay whose rate is cut (relaythrottle.go) gets no more connections than
+// messages a second it may be sent, at least one: a connection carries many a
+// second, and twenty opened at once for one message every five seconds only
+// burdened the relay (seen against Postfix limiting recipients a minute).
 func (p *pool) maxConns(now time.Time) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.failures > 0 {
 		return 1
 	}
+	n := p.relay.MaxConns
 	if p.connLimit > 0 && now.Before(p.connLimitUntil) {
-		return p.connLimit
+		n = p.connLimit
 	}
-	return p.relay.MaxConns
+	if p.throttle.on() {
+		n = min(n, max(1, int(math.Ceil(p.throttle.rate))))
+	}
+	return n
 }
 
 var errRelayDown = errors.New("relay is in back-off after failing")
