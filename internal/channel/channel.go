@@ -65,7 +65,7 @@ const (
 	// Deferred means the sender did not attempt the message at all: the
 	// context was cancelled before its turn, a rate limit would have made
 	// it wait longer than the sender is allowed to, or the sender has no
-	// way out for now (every relay down or refusing the envelope sender:
+	// way out for now (every relay down or refusing the account's mail:
 	// see Gate). Nothing the recipient could answer happened; the engine
 	// returns the row to the queue without counting an attempt.
 	Deferred
@@ -140,7 +140,7 @@ type Shared interface {
 }
 
 // Gate is implemented by Senders that can tell when they cannot carry any message for a while:
-// every SMTP relay is down, or refuses the envelope sender. The engine claims no batch for such
+// every SMTP relay is down, or refuses the account's mail. The engine claims no batch for such
 // a Sender until the wait is over, and the messages of a batch caught by the outage come back
 // Deferred: an outage costs the recipients no attempt and no retry wait, and the delivery goes
 // on when the Sender is back.

@@ -24,7 +24,7 @@
 // validity_until, then failed with reason "expired"; Deferred → pending at once, no attempt
 // counted. When a delivery has no row pending or in flight it becomes finished (failed when no
 // row was sent); while only retries wait it is retrying. While the Sender says it has no way
-// out (channel.Gate: every relay down or refusing the sender) no batch is claimed, so an
+// out (channel.Gate: every relay down or refusing the account's mail) no batch is claimed, so an
 // outage leaves rows pending and untried and the delivery sending, until it ends.
 //
 // Pause and stop: workers read the delivery's state before every claim, and a watcher cancels
@@ -456,7 +456,7 @@ func (e *Engine) step(ctx context.Context, w *worker) (int, error) {
 		return 0, nil
 	}
 	now := e.clock.Now()
-	// While the Sender has no way out (every relay down or refusing the sender), no batch is
+	// While the Sender has no way out (every relay down or refusing our mail), no batch is
 	// claimed: the rows stay pending, untried, and the delivery goes on when it is back.
 	wait, _ := e.gate()
 	gated := wait > 0

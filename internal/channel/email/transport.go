@@ -101,16 +101,12 @@ type pool struct {
 	// closed when one of them is done (see waitDials).
 	dialing int
 	dialed  chan struct{}
-	// refusing says the relay last refused the envelope sender (at MAIL FROM
-	// or RCPT TO: see senderRefused): it is skipped like a relay that is
-	// down, and a connection opened does not end its back-off; a sender it
-	// takes again does.
-	refusing atomic.Bool
 	// held says the relay last refused mail for the account Herald sends
-	// with, not for the message: its sending quota used up (quotaUsedUp), a
-	// sender refused only after the data (senderRefusedAfterData). It is
-	// skipped like a relay that is down, and neither a connection opened nor
-	// a sender taken ends its back-off; a message it accepts does.
+	// with, not for the message: the envelope sender or this host refused
+	// (senderRefused), its sending quota used up (quotaUsedUp), the sender
+	// refused after the data (senderRefusedAfterData). It is skipped like a
+	// relay that is down, and a connection opened does not end its back-off;
+	// a message it accepts does (accepted).
 	held atomic.Bool
 	// failing mirrors failures > 0, for accepted to read without the lock.
 	failing atomic.Bool
@@ -422,11 +418,10 @@ func (t *Transport) work(ctx context.Context, p *pool, b *batch) {
 			err = t.runLockstep(ctx, p, c, b, reused)
 		}
 		switch {
-		case errors.Is(err, errSenderRefused):
-			t.discard(p, c, true) // the connection is sound; the relay will not take our mail
-			return
 		case errors.Is(err, errHeld):
-			t.discard(p, c, false) // sound too, but a transaction may be half open
+			// The connection is sound, but the relay takes none of our mail for now
+			// (and, refused after the data, a transaction may be half open: no QUIT).
+			t.discard(p, c, false)
 			return
 		case err != nil || c.broken:
 			t.discard(p, c, false)
@@ -502,7 +497,7 @@ func (t *Transport) get(ctx context.Context, p *pool) (c *conn, reused bool, err
 	}
 	p.caps.Store(&relayCaps{smtputf8: c.smtputf8, size: c.size})
 	p.mu.Lock()
-	if !p.refusing.Load() && !p.held.Load() {
+	if !p.held.Load() {
 		if p.failures > 0 {
 			t.log.Info("smtp relay is back", "relay", p.relay.String())
 		}
@@ -585,10 +580,6 @@ func (t *Transport) skip(p *pool, err error, msg string) {
 	t.log.Warn(msg, "relay", p.relay.String(), "error", err, "retry_in", backoff)
 }
 
-// errSenderRefused ends a connection's run when its relay refused the
-// envelope sender.
-var errSenderRefused = errors.New("the relay refused the envelope sender")
-
 // senderRefused reports whether o, the answer at stage (0: MAIL FROM, 1:
 // RCPT TO) of a message from → to, refuses the envelope sender whatever the
 // message: a sender address or domain the relay does not take, AUTH it
@@ -635,26 +626,18 @@ func aboutSender(o channel.Outcome, from, to string) bool {
 	return from != "" && strings.Contains(o.Text, "<"+from+">") && !strings.Contains(o.Text, "<"+to+">")
 }
 
-// refuseSender handles the relay's refusal o of message i's envelope sender,
-// at stage (0: MAIL FROM, 1: RCPT TO):
-// the message goes to another connection (another relay's, or back to the
-// queue untried), the relay is skipped for a back-off, and the run ends with
-// errSenderRefused.
+// refuseSender holds p after its refusal o of message i's envelope sender,
+// or of this host, at stage (0: MAIL FROM, 1: RCPT TO): see hold.
 func (t *Transport) refuseSender(p *pool, b *batch, i, stage int, o channel.Outcome) error {
-	err := &ReplyError{Step: [...]string{"MAIL FROM", "RCPT TO"}[stage], Code: o.Code, Enhanced: o.Enhanced, Text: o.Text}
-	t.done(b, i)
-	// Back untried: each connection stops at its first refusal, so a message
-	// meets at most one a connection, and once the relay is skipped the rest
-	// of the batch is Deferred (no relay available).
-	b.requeue(i, softFail(err), true)
-	p.refusing.Store(true)
 	msg := "smtp relay refuses the envelope sender, skipping it"
 	if strings.Contains(strings.ToLower(o.Text), "client host rejected") {
 		msg = "smtp relay refuses this host, skipping it"
 	}
-	t.skip(p, err, msg)
-	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errSenderRefused, err)
+	return t.hold(p, b, i, -1, stageNames[stage], o, msg)
 }
+
+// stageNames names the envelope's stages, for errors.
+var stageNames = [...]string{"MAIL FROM", "RCPT TO", "DATA"}
 
 // errHeld ends a connection's run when its relay refused mail for the
 // account Herald sends with (pool.held).
@@ -734,43 +717,25 @@ func (t *Transport) hold(p *pool, b *batch, i, next int, step string, o channel.
 	return fmt.Errorf("relay %s: %w: %w", p.relay.Addr, errHeld, err)
 }
 
-// accepted records that p accepted a message, ending a back-off for refusing
-// mail from this account (pool.held), and the failures of a relay marked
-// down while connections to it stayed open, which would keep it to one
-// connection (maxConns) as long as they do.
+// accepted records that p accepted a message: it ends a hold (pool.held), and
+// the failures of a relay marked down while connections to it stayed open,
+// which would keep it to one connection (maxConns) as long as they do.
 func (t *Transport) accepted(p *pool) {
-	t.lift(p, &p.held, "smtp relay takes mail again")
-	if p.failing.Load() && !p.refusing.Load() && !p.held.Load() {
-		p.mu.Lock()
-		p.resetFailures()
-		p.mu.Unlock()
+	if !p.failing.Load() {
+		return
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.held.Swap(false) {
+		t.log.Info("smtp relay takes mail again", "relay", p.relay.String())
+	}
+	p.resetFailures()
 }
 
 // resetFailures ends p's back-off. p.mu is held.
 func (p *pool) resetFailures() {
 	p.failures, p.lastErr, p.downUntil = 0, nil, time.Time{}
 	p.failing.Store(false)
-}
-
-// senderTaken records that p took an envelope sender, ending a back-off for
-// refusing one.
-func (t *Transport) senderTaken(p *pool) {
-	t.lift(p, &p.refusing, "smtp relay takes our mail again")
-}
-
-// lift ends the back-off of p that held (p.refusing, p.held) says it
-// is in, logging msg once.
-func (t *Transport) lift(p *pool, held *atomic.Bool, msg string) {
-	if !held.Load() {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if held.Swap(false) {
-		t.log.Info(msg, "relay", p.relay.String())
-		p.resetFailures()
-	}
 }
 
 func (t *Transport) put(p *pool, c *conn) {
@@ -1222,12 +1187,9 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 		if failed && quotaUsedUp(failure, b.msgs[i].To) {
 			// (A DATA accepted nonetheless is left open: the connection is
 			// closed, which ends the transaction with nothing delivered.)
-			return t.hold(p, b, i, -1, [...]string{"MAIL FROM", "RCPT TO", "DATA"}[stage], failure, quotaLog)
+			return t.hold(p, b, i, -1, stageNames[stage], failure, quotaLog)
 		}
 		refused := failed && data != 354 && senderRefused(stage, failure, b.msgs[i].From, b.msgs[i].To)
-		if !refused && (!failed || stage > 0) {
-			t.senderTaken(p)
-		}
 		if !failed {
 			body, bodyEnd = i, c.writeData(b.msgs[i].Data, b.msgs[i].Plain)
 			continue
@@ -1316,25 +1278,19 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			}
 			replies++
 			if code/100 == 2 && s.want == 250 || code == s.want {
-				if k == 1 {
-					t.senderTaken(p)
-				}
 				continue
 			}
 			o := outcome(code, c.text)
 			failure = &o
 			if quotaUsedUp(o, m.To) {
-				return t.hold(p, b, i, -1, [...]string{"MAIL FROM", "RCPT TO", "DATA"}[k], o, quotaLog)
+				return t.hold(p, b, i, -1, stageNames[k], o, quotaLog)
 			}
 			if senderRefused(k, o, m.From, m.To) {
 				return t.refuseSender(p, b, i, k, o)
 			}
 			own := clientLimited(o, m.To)
-			if k == 1 {
-				t.senderTaken(p)
-				if !own {
-					t.feedback(p, m.To, code)
-				}
+			if k == 1 && !own {
+				t.feedback(p, m.To, code)
 			}
 			if t.relayThrottled(p, k, o, own) {
 				o = slowDown(o)
