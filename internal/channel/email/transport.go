@@ -896,6 +896,32 @@ func (t *Transport) throttleRelay(p *pool, why string) {
 	}
 }
 
+// refused decides on the refusal o at stage (0: MAIL FROM, 1: RCPT TO, 2:
+// DATA) of message i's envelope. One that is the account's, not the
+// message's, holds the relay and ends the run (hold's error): a sending quota
+// used up (a DATA accepted nonetheless is left open: the connection is closed,
+// which ends the transaction with nothing delivered), or a refused sender,
+// unless the server accepted DATA nonetheless (dataOpen), whose lone dot must
+// end it first. Otherwise it tells the limiters and returns the message's
+// outcome: slowDown, throttled, when the relay asked to slow down for itself.
+func (t *Transport) refused(p *pool, b *batch, i, stage int, o channel.Outcome, dataOpen bool) (out channel.Outcome, throttled bool, err error) {
+	m := &b.msgs[i]
+	switch {
+	case quotaUsedUp(o, m.To):
+		return o, false, t.hold(p, b, i, -1, stageNames[stage], o, quotaLog)
+	case !dataOpen && senderRefused(stage, o, m.From, m.To):
+		return o, false, t.refuseSender(p, b, i, stage, o)
+	}
+	own := clientLimited(o, m.To)
+	if stage == 1 && !own {
+		t.feedback(p, m.To, o.Code)
+	}
+	if t.relayThrottled(p, stage, o, own) {
+		return slowDown(o), true, nil
+	}
+	return o, false, nil
+}
+
 // relayThrottled reports an answer at stage (0: MAIL FROM, 1: RCPT TO, 2:
 // DATA) that asks to slow down for the relay itself, and then cuts the
 // relay's rate (throttleRelay) unless it is cut already:
@@ -1184,26 +1210,13 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 				break // 421: the server closes the connection, and answers no more
 			}
 		}
-		if failed && quotaUsedUp(failure, b.msgs[i].To) {
-			// (A DATA accepted nonetheless is left open: the connection is
-			// closed, which ends the transaction with nothing delivered.)
-			return t.hold(p, b, i, -1, stageNames[stage], failure, quotaLog)
-		}
-		refused := failed && data != 354 && senderRefused(stage, failure, b.msgs[i].From, b.msgs[i].To)
 		if !failed {
 			body, bodyEnd = i, c.writeData(b.msgs[i].Data, b.msgs[i].Plain)
 			continue
 		}
-		if refused {
-			return t.refuseSender(p, b, i, stage, failure)
-		}
-		own := clientLimited(failure, b.msgs[i].To)
-		if stage == 1 && !own {
-			t.feedback(p, b.msgs[i].To, failure.Code)
-		}
-		throttled := t.relayThrottled(p, stage, failure, own)
-		if throttled {
-			failure = slowDown(failure)
+		failure, throttled, err := t.refused(p, b, i, stage, failure, data == 354)
+		if err != nil {
+			return err
 		}
 		t.done(b, i)
 		if c.broken {
@@ -1280,22 +1293,11 @@ func (t *Transport) runLockstep(ctx context.Context, p *pool, c *conn, b *batch,
 			if code/100 == 2 && s.want == 250 || code == s.want {
 				continue
 			}
-			o := outcome(code, c.text)
+			o, _, err := t.refused(p, b, i, k, outcome(code, c.text), false)
+			if err != nil {
+				return err
+			}
 			failure = &o
-			if quotaUsedUp(o, m.To) {
-				return t.hold(p, b, i, -1, stageNames[k], o, quotaLog)
-			}
-			if senderRefused(k, o, m.From, m.To) {
-				return t.refuseSender(p, b, i, k, o)
-			}
-			own := clientLimited(o, m.To)
-			if k == 1 && !own {
-				t.feedback(p, m.To, code)
-			}
-			if t.relayThrottled(p, k, o, own) {
-				o = slowDown(o)
-				failure = &o
-			}
 			break
 		}
 		if failure != nil {
