@@ -706,11 +706,9 @@ func heldAfterData(o channel.Outcome, to string) string {
 // first message it accepts ends it.
 func (t *Transport) hold(p *pool, b *batch, i, next int, step string, o channel.Outcome, msg string) error {
 	err := &ReplyError{Step: step, Code: o.Code, Enhanced: o.Enhanced, Text: o.Text}
-	for _, k := range []int{i, next} {
-		if k >= 0 {
-			t.done(b, k)
-			b.requeue(k, softFail(err), true)
-		}
+	t.untried(b, i, err)
+	if next >= 0 {
+		t.untried(b, next, err)
 	}
 	p.held.Store(true)
 	t.skip(p, err, msg)
@@ -863,6 +861,13 @@ func (t *Transport) done(b *batch, i int) {
 		b.held[i] = false
 		t.domains.slots.release(domainOf(b.msgs[i].To))
 	}
+}
+
+// untried gives message i back, not looked at by the server (err says why
+// it ended there), to another connection at no try's cost.
+func (t *Transport) untried(b *batch, i int, err error) {
+	t.done(b, i)
+	b.requeue(i, softFail(err), true)
 }
 
 // feedback tells the limiters about a reply to a recipient over p: a
@@ -1062,28 +1067,31 @@ func (p *pool) mayCarry(m *channel.Message) bool {
 	return r == nil || r.carry(m)
 }
 
-// elsewhere settles message i, which p cannot carry (o is its refusal): set
-// aside for another relay that is up and may carry it (relays differ in SIZE
-// and SMTPUTF8), Deferred when only one that is down may, refused with o
-// when none may.
+// elsewhere settles message i, which p cannot carry (o is its refusal):
+// set aside for another relay that may (placement), or settled there.
 func (t *Transport) elsewhere(p *pool, b *batch, i int, o channel.Outcome) {
-	switch {
-	case otherCarrier(t.upPools(), p, &b.msgs[i]):
+	if out, ok := placement(t.upPools(), t.pools, p, &b.msgs[i], o); ok {
+		b.out[i] = out
+	} else {
 		b.setAside(i, p, o)
-	case otherCarrier(t.pools, p, &b.msgs[i]):
-		b.out[i] = onlyDownCarries(o)
-	default:
-		b.out[i] = o
 	}
 }
 
-// otherCarrier reports whether a relay of ps but not may carry m.
-func otherCarrier(ps []*pool, not *pool, m *channel.Message) bool {
-	return slices.ContainsFunc(ps, func(q *pool) bool { return q != not && q.mayCarry(m) })
-}
-
-func onlyDownCarries(o channel.Outcome) channel.Outcome {
-	return channel.Outcome{Status: channel.Deferred, Text: "not attempted: only a relay that is down may carry it; " + o.Text}
+// placement decides for message m, which relay not cannot carry (o is its
+// refusal): it waits for a relay up that may carry it (relays differ in SIZE
+// and SMTPUTF8; ok false), is Deferred when only one that is down may, and is
+// refused with o when none of all may.
+func placement(up, all []*pool, not *pool, m *channel.Message, o channel.Outcome) (out channel.Outcome, ok bool) {
+	may := func(ps []*pool) bool {
+		return slices.ContainsFunc(ps, func(q *pool) bool { return q != not && q.mayCarry(m) })
+	}
+	switch {
+	case may(up):
+		return channel.Outcome{}, false
+	case may(all):
+		return channel.Outcome{Status: channel.Deferred, Text: "not attempted: only a relay that is down may carry it; " + o.Text}, true
+	}
+	return o, true
 }
 
 // runPipelined sends messages from b over c with RFC 2920 pipelining: each
@@ -1150,8 +1158,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 			if c.broken && i >= 0 {
 				// 421 to the end of the data: the server closes, and message
 				// i's envelope, written behind the dot, was not looked at.
-				t.done(b, i)
-				b.requeue(i, softFail(errors.New("the server closed the connection: "+string(c.text))), true)
+				t.untried(b, i, errors.New("the server closed the connection: "+string(c.text)))
 				return fmt.Errorf("relay %s: 421 %s", p.relay.Addr, c.text)
 			}
 		}
@@ -1176,8 +1183,7 @@ func (t *Transport) runPipelined(ctx context.Context, p *pool, c *conn, b *batch
 					// smtpd_hard_error_limit): message i's envelope, written after
 					// the RSET, was not looked at, and another connection takes it
 					// at no try's cost.
-					t.done(b, i)
-					b.requeue(i, softFail(err), true)
+					t.untried(b, i, err)
 					return fmt.Errorf("relay %s: %w", p.relay.Addr, err)
 				}
 				return fail(err, i)
@@ -1498,19 +1504,14 @@ func (b *batch) setAside(i int, not *pool, o channel.Outcome) {
 }
 
 // strand settles the messages set aside that none of the relays up may
-// carry: Deferred when one that is down may, else with the refusal of the
-// last that could not. No worker may run.
+// carry (placement). No worker may run.
 func (b *batch) strand(up, all []*pool) {
 	b.aside = slices.DeleteFunc(b.aside, func(a asideMsg) bool {
-		switch m := &b.msgs[a.i]; {
-		case otherCarrier(up, a.not, m):
-			return false
-		case otherCarrier(all, a.not, m):
-			b.out[a.i] = onlyDownCarries(a.o)
-		default:
-			b.out[a.i] = a.o
+		out, ok := placement(up, all, a.not, &b.msgs[a.i], a.o)
+		if ok {
+			b.out[a.i] = out
 		}
-		return true
+		return ok
 	})
 }
 
