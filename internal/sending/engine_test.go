@@ -97,6 +97,23 @@ func testTracking(tb testing.TB) (*tracking.Links, *ReturnPath) {
 	return links, rp
 }
 
+// wantWaitingUntried checks that the relay's refusal (why) of the account's mail left every row
+// pending and untried, every address's quarantine entry as it was, and the delivery sending.
+func (f *fixture) wantWaitingUntried(t *testing.T, why string) {
+	t.Helper()
+	for _, a := range f.addrs {
+		if r := f.row(t, a); r.status != "pending" || r.attempts != 0 {
+			t.Fatalf("%s: %+v, want pending, untried", why, r)
+		}
+		if en, _ := f.quar.Get(context.Background(), quarantine.Email, a); en.Status != quarantine.StatusValid {
+			t.Errorf("%s changed %s's quarantine entry: %s", why, a, en.Status)
+		}
+	}
+	if s := f.state(t); s != delivery.Sending {
+		t.Fatalf("%s: delivery is %s, want sending, waiting for the relay", why, s)
+	}
+}
+
 // wantSentAtFirstTry fails unless every row was sent at its first attempt and the delivery
 // finished; when says at what point of the test.
 func (f *fixture) wantSentAtFirstTry(t *testing.T, when string) {
@@ -480,18 +497,7 @@ func testRefusedSenderRetries(t *testing.T, stage string) {
 		sw.set(transport(t, refusing))
 		e := f.engine(t, sw, "n1", 10)
 		drain(t, e)
-		for _, a := range f.addrs {
-			r := f.row(t, a)
-			if r.status != "pending" || r.attempts != 0 {
-				t.Fatalf("sender refused: %+v, want pending, untried", r)
-			}
-			if en, _ := f.quar.Get(context.Background(), quarantine.Email, a); en.Status != quarantine.StatusValid {
-				t.Errorf("a refused envelope sender changed %s's quarantine entry: %s", a, en.Status)
-			}
-		}
-		if s := f.state(t); s != delivery.Sending {
-			t.Fatalf("sender refused: delivery is %s, want sending, waiting for the relay", s)
-		}
+		f.wantWaitingUntried(t, "sender refused")
 		srv := smtptest.Start(t, smtptest.Options{})
 		sw.set(transport(t, srv))
 		drain(t, e)
@@ -515,18 +521,7 @@ func TestQuotaUsedUpWaits(t *testing.T) {
 		sw.set(transport(t, used))
 		e := f.engine(t, sw, "n1", 10)
 		drain(t, e)
-		for _, a := range f.addrs {
-			r := f.row(t, a)
-			if r.status != "pending" || r.attempts != 0 {
-				t.Fatalf("quota used up: %+v, want pending, untried", r)
-			}
-			if en, _ := f.quar.Get(context.Background(), quarantine.Email, a); en.Status != quarantine.StatusValid {
-				t.Errorf("a relay's quota changed %s's quarantine entry: %s", a, en.Status)
-			}
-		}
-		if s := f.state(t); s != delivery.Sending {
-			t.Fatalf("quota used up: delivery is %s, want sending, waiting for the relay", s)
-		}
+		f.wantWaitingUntried(t, "quota used up")
 		if w := e.Waiting(); !strings.Contains(w, "Daily user sending quota exceeded") {
 			t.Errorf("Waiting() = %q, want the relay's answer", w)
 		}

@@ -303,36 +303,6 @@ func TestRelaySaysItIsItsLimit(t *testing.T) {
 	}
 }
 
-func TestClientLimited(t *testing.T) {
-	const to = "ann@example.com"
-	for _, tc := range []struct {
-		code     int
-		enhanced string
-		text     string
-		want     bool
-	}{
-		{450, "", "Error: too many recipients from 192.0.2.1", true},
-		{450, "", "Error: too much mail from 192.0.2.1", true},
-		{454, "", "Throttling failure: Maximum sending rate exceeded", true},
-		{454, "", "Throttling failure: Daily message quota exceeded", true},
-		{451, "", "Ratelimit exceeded for sender", true},
-		{432, "4.3.2", "STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname=AM0PR01MB1234]", true},
-		{450, "", "Try again later", false},
-		{450, "4.7.1", "<ann@example.com>: Recipient address rejected: Rate limit reached, retry later", true}, // a policy server's
-		{450, "", "<ann@example.com>: Recipient address rejected: Greylisted", false},
-		{450, "", "ann@example.com is receiving mail too fast: rate limit", false}, // the recipient's
-		{452, "", "Mailbox quota exceeded", false},
-		{554, "", "Throttling failure: Daily message quota exceeded", false}, // permanent: not a pace
-		{454, "", "TLS not available due to local problem", false},
-		{450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages: rate limit", false},
-		{450, "4.7.1", "Error: too many recipients from 192.0.2.1", true},
-	} {
-		if got := clientLimited(channel.Outcome{Code: tc.code, Enhanced: tc.enhanced, Text: tc.text}, to); got != tc.want {
-			t.Errorf("%d %s: clientLimited = %v, want %v", tc.code, tc.text, got, tc.want)
-		}
-	}
-}
-
 // TestRelayThrottleGoesUnderThirtyAMinute: a relay that keeps asking to slow down, once a
 // second, is cut below 30 messages a minute (Microsoft 365's SMTP AUTH quota), instead of
 // stopping at a floor where half of what it is sent is turned away.

@@ -959,30 +959,50 @@ func TestQuotaUsedUp(t *testing.T) {
 	}
 }
 
-func TestQuotaUsedUpClassification(t *testing.T) {
+// TestRelayLevelAnswers: which answers say the relay limits the client's pace (clientLimited)
+// and which that the account's quota is used up (quotaUsedUp; checked first, so an answer may
+// be both), rather than anything about the recipient.
+func TestRelayLevelAnswers(t *testing.T) {
 	const to = "ann@example.com"
 	for _, tc := range []struct {
-		code     int
-		enhanced string
-		text     string
-		want     bool
+		code        int
+		enhanced    string
+		text        string
+		pace, quota bool
 	}{
-		{550, "5.4.5", "Daily user sending quota exceeded. d75a77b69052e - gsmtp", true},
-		{550, "5.4.5", "Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852", true},
-		{454, "", "Throttling failure: Daily message quota exceeded", true},
-		{550, "5.1.90", "Your message can't be sent because you've reached your daily limit for message recipients", true},
-		{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message", true},
-		{550, "5.7.1", "<DATA>: Data command rejected: limit of 400 rcpts per 24 hours for client news@example.org reached", true},
-		{451, "", "Authentication failed: Maximum credits exceeded", true},
-		{450, "4.7.1", "<ann@example.com>: Recipient address rejected: daily sending quota exceeded", true}, // a policy server's
-		{454, "", "Throttling failure: Maximum sending rate exceeded", false},                               // a pace: clientLimited
-		{552, "5.2.2", "Mailbox quota exceeded", false},
-		{452, "4.2.2", "The email account that you tried to reach is over quota", false},
-		{550, "5.7.1", "ann@example.com has reached its sending limit", false}, // names the recipient
-		{250, "2.0.0", "Ok: queued as sending quota", false},
+		{450, "", "Error: too many recipients from 192.0.2.1", true, false},
+		{450, "", "Error: too much mail from 192.0.2.1", true, false},
+		{454, "", "Throttling failure: Maximum sending rate exceeded", true, false},
+		{454, "", "Throttling failure: Daily message quota exceeded", true, true},
+		{451, "", "Ratelimit exceeded for sender", true, false},
+		{432, "4.3.2", "STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname=AM0PR01MB1234]", true, false},
+		{450, "", "Try again later", false, false},
+		{450, "4.7.1", "<ann@example.com>: Recipient address rejected: Rate limit reached, retry later", true, false}, // a policy server's
+		{450, "", "<ann@example.com>: Recipient address rejected: Greylisted", false, false},
+		{450, "", "ann@example.com is receiving mail too fast: rate limit", false, false}, // the recipient's
+		{452, "", "Mailbox quota exceeded", false, false},
+		{554, "", "Throttling failure: Daily message quota exceeded", false, true}, // permanent: not a pace
+		{454, "", "TLS not available due to local problem", false, false},
+		{450, "4.2.1", "The user you are trying to contact is receiving mail at a rate that prevents additional messages: rate limit", false, false},
+		{450, "4.7.1", "Error: too many recipients from 192.0.2.1", true, false},
+		{550, "5.4.5", "Daily user sending quota exceeded. d75a77b69052e - gsmtp", false, true},
+		{550, "5.4.5", "Daily user sending limit exceeded. For more information on Gmail sending limits go to https://support.google.com/a/answer/166852", false, true},
+		{550, "5.1.90", "Your message can't be sent because you've reached your daily limit for message recipients", false, true},
+		{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message", false, true},
+		{550, "5.7.1", "<DATA>: Data command rejected: limit of 400 rcpts per 24 hours for client news@example.org reached", false, true},
+		{451, "", "Authentication failed: Maximum credits exceeded", false, true},
+		{450, "4.7.1", "<ann@example.com>: Recipient address rejected: daily sending quota exceeded", false, true}, // a policy server's
+		{552, "5.2.2", "Mailbox quota exceeded", false, false},
+		{452, "4.2.2", "The email account that you tried to reach is over quota", false, false},
+		{550, "5.7.1", "ann@example.com has reached its sending limit", false, false}, // names the recipient
+		{250, "2.0.0", "Ok: queued as sending quota", false, false},
 	} {
-		if got := quotaUsedUp(channel.Outcome{Code: tc.code, Enhanced: tc.enhanced, Text: tc.text}, to); got != tc.want {
-			t.Errorf("%d %s %s: quotaUsedUp = %v, want %v", tc.code, tc.enhanced, tc.text, got, tc.want)
+		o := channel.Outcome{Code: tc.code, Enhanced: tc.enhanced, Text: tc.text}
+		if got := clientLimited(o, to); got != tc.pace {
+			t.Errorf("%d %s %s: clientLimited = %v, want %v", tc.code, tc.enhanced, tc.text, got, tc.pace)
+		}
+		if got := quotaUsedUp(o, to); got != tc.quota {
+			t.Errorf("%d %s %s: quotaUsedUp = %v, want %v", tc.code, tc.enhanced, tc.text, got, tc.quota)
 		}
 	}
 }
